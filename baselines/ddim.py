@@ -1,0 +1,26 @@
+"""The undefended reference: the plain denoiser trained on the members, sampled with DDIM."""
+
+from __future__ import annotations
+
+from leakbench.api import AuditTarget, Defense
+
+
+class DDIM(Defense):
+    """Plain DDPM-trained U-Net sampled with deterministic DDIM (Song et al. 2021)."""
+
+    name = "ddim"
+    version = "1"
+    description = "no defense: the plain denoiser trained on the members, sampled with DDIM (η = 0)"
+    paper = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models"
+
+    def wrap(self, artifacts, ctx) -> AuditTarget:
+        model = artifacts["denoiser"]
+        return AuditTarget(
+            key=ctx.target_key(self),
+            model=model,
+            schedule=ctx.schedule,
+            splits=ctx.splits,
+            ctx=ctx,
+            info={"train_seconds": ctx.denoiser_stats()["train_seconds"]},
+        )
+

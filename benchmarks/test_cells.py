@@ -1,0 +1,24 @@
+"""One benchmark per (dataset, defense, attack) cell, ids from the specs (``-k cpsample`` works).
+
+Each cell trains or loads its target, runs the attack, stores the finding in the
+results store and records its wall time with pytest-benchmark.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from leakbench.errors import LeakbenchError
+
+pytestmark = pytest.mark.cell
+
+
+def test_cell(cell, harness, benchmark):
+    dataset, defense, attack = cell
+    try:
+        finding = benchmark.pedantic(harness.run_cell, args=(dataset, defense, attack),
+                                     rounds=1, iterations=1)
+    except LeakbenchError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    benchmark.extra_info.update({m.name: m.value for m in finding.metrics})
+    assert finding.metrics, f"{attack} on {defense} reported no metric"

@@ -1,0 +1,134 @@
+"""pytest options and session fixtures for the leakbench benchmark suite.
+
+    pytest benchmarks/ --defense cpsample
+    pytest benchmarks/ --defense ddim,cpsample --attack replication --dataset medmnist:pathmnist
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("leakbench", "leakbench benchmark cells")
+    g.addoption("--defense", action="append", default=[], metavar="SPEC",
+                help="defense spec(s), comma-separated, repeatable: ddim, cpsample[alpha=0.5,scale=10] "
+                     "(default: every registered defense)")
+    g.addoption("--attack", action="append", default=[], metavar="SPEC",
+                help="attack spec(s), comma-separated, repeatable (default: every registered attack)")
+    g.addoption("--dataset", action="append", default=[], metavar="SPEC",
+                help="digits (default), medmnist:<flag>, npz:<path>; comma-separated, repeatable")
+    g.addoption("--profile", default="default", metavar="NAME",
+                help="smoke, default or paper (default: default)")
+    g.addoption("--seed", type=int, default=0, help="seed of splits, training and sampling")
+    g.addoption("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    g.addoption("--cache-dir", default=None, metavar="DIR",
+                help="artifact cache (default: $LEAKBENCH_CACHE_DIR or ~/.cache/leakbench)")
+    g.addoption("--results", default=None, metavar="DIR",
+                help="results store folder (default: $LEAKBENCH_RESULTS or ./leakbench-results)")
+    g.addoption("--data-root", default=None, metavar="DIR",
+                help="folder with dataset files (default: $LEAKBENCH_DATA_ROOT, then medmnist's)")
+    g.addoption("--no-report", action="store_true", default=False,
+                help="do not print the leaderboard at the end")
+
+
+class _LeakbenchSession:
+    """Resolved options, and the harness (created on first use)."""
+
+    def __init__(self, config):
+        from leakbench.config import get_profile
+        from leakbench.harness import expand, validate_dataset
+        from leakbench.registry import ATTACKS, DEFENSES
+        from leakbench.specs import split_specs
+
+        opt = config.getoption
+        self.config = config
+        self.profile = get_profile(opt("--profile")).name
+        self.defenses = expand(opt("--defense"), DEFENSES)
+        self.attacks = expand(opt("--attack"), ATTACKS)
+        datasets = [s for v in opt("--dataset") for s in split_specs(v)] or ["digits"]
+        self.datasets = list(dict.fromkeys(validate_dataset(d) for d in datasets))
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._harness = None
+
+    @property
+    def harness(self):
+        if self._harness is None:
+            from leakbench.harness import Harness
+
+            opt = self.config.getoption
+            self._harness = Harness.create(
+                profile=self.profile, seed=opt("--seed"), device=opt("--device"),
+                cache_dir=opt("--cache-dir"), results=opt("--results"),
+                data_root=opt("--data-root"), progress=opt("verbose") >= 0,
+                command="pytest " + " ".join(self.config.invocation_params.args),
+            )
+        return self._harness
+
+    def cells(self):
+        return [(d, f, a) for d in self.datasets for f in self.defenses for a in self.attacks]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    from leakbench.errors import LeakbenchError
+
+    try:
+        config._leakbench = _LeakbenchSession(config)
+    except LeakbenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_generate_tests(metafunc):
+    if "cell" in metafunc.fixturenames:
+        lb = metafunc.config._leakbench
+        cells = lb.cells()
+        metafunc.parametrize("cell", cells, ids=["-".join(c) for c in cells])
+
+
+@pytest.fixture(scope="session")
+def leakbench_session(request):
+    return request.config._leakbench
+
+
+@pytest.fixture(scope="session")
+def harness(leakbench_session):
+    return leakbench_session.harness
+
+
+def pytest_sessionfinish(session):
+    lb = getattr(session.config, "_leakbench", None)
+    if lb is not None and lb._harness is not None:
+        lb._harness.finish()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lb = getattr(config, "_leakbench", None)
+    if lb is None or config.getoption("--no-report"):
+        return
+    from leakbench.leaderboard import leaderboard_frame, render_table
+    from leakbench.results import ResultsStore
+
+    if lb._harness is not None:
+        lb._harness.finish()
+        store = lb._harness.store
+        events = lb._harness.cache.events
+    elif config.pluginmanager.hasplugin("dsession"):  # the xdist controller; workers wrote the store
+        store = ResultsStore(config.getoption("--results"))
+        events = []
+    else:  # no benchmark cell ran in this session
+        return
+    rows = [r for r in store.rows() if r["time"] >= lb.started and r["profile"] == lb.profile]
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section(f"leakbench leaderboard (profile {lb.profile})")
+    tr.write_line(render_table(leaderboard_frame(rows)))
+    if events:
+        built = [e for e in events if e.status != "hit"]
+        tr.write_line(f"cache {lb._harness.cache.root}: {len(events) - len(built)} hit(s), "
+                      f"{len(built)} built" + "".join(f"\n  built {e.kind}: {e.label} "
+                                                      f"({e.seconds:.1f} s, {e.status})" for e in built))
+    tr.write_line(f"results: {store.path}")

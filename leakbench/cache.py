@@ -1,0 +1,147 @@
+"""Content-addressed artifact cache: atomic writes, verified reads, cross-process locks.
+
+An entry is ``<root>/<kind>/<key>.pt`` (a ``torch.save`` payload of tensors and plain
+values) beside ``<key>.json`` (the spec that produced it, versions and the payload's
+SHA-256).  Both are written to a temporary file and ``os.replace``d, the JSON last,
+so an entry without a matching JSON is never read.  A payload whose hash does not
+match is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+CACHE_FORMAT = "1"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("LEAKBENCH_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "leakbench"
+
+
+def content_key(kind: str, spec: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of everything that determines an artifact."""
+    blob = json.dumps(
+        {"kind": kind, "format": CACHE_FORMAT, "spec": spec}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through ``write(fileobj)`` to a temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+@dataclass
+class CacheEvent:
+    kind: str
+    key: str
+    label: str
+    status: str  # "hit", "built", "rebuilt (corrupt)"
+    seconds: float
+
+
+class ArtifactCache:
+    """Content-keyed store of expensive artifacts (denoisers, classifiers, samples, ...)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.events: list[CacheEvent] = []
+
+    def paths(self, kind: str, key: str) -> tuple[Path, Path]:
+        d = self.root / kind
+        return d / f"{key}.pt", d / f"{key}.json"
+
+    def load(self, kind: str, key: str) -> tuple[Any, str]:
+        """Return (payload, status) with status 'hit', 'missing' or 'corrupt'."""
+        import torch
+
+        payload_path, meta_path = self.paths(kind, key)
+        if not meta_path.exists() or not payload_path.exists():
+            return None, "missing"
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("sha256") != _sha256_file(payload_path):
+                return None, "corrupt"
+            return torch.load(payload_path, map_location="cpu", weights_only=True), "hit"
+        except Exception:
+            return None, "corrupt"
+
+    def save(self, kind: str, key: str, payload: Any, spec: dict[str, Any]) -> None:
+        import torch
+
+        payload_path, meta_path = self.paths(kind, key)
+        atomic_write_bytes(payload_path, lambda f: torch.save(payload, f))
+        meta = {
+            "kind": kind,
+            "key": key,
+            "spec": spec,
+            "sha256": _sha256_file(payload_path),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "format": CACHE_FORMAT,
+        }
+        text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+        atomic_write_bytes(meta_path, lambda f: f.write(text.encode()))
+
+    def get_or_build(
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        build: Callable[[], Any],
+        *,
+        label: str = "",
+    ) -> Any:
+        """Load the artifact for ``spec`` or build it once (other processes wait on a lock)."""
+        key = content_key(kind, spec)
+        t0 = time.perf_counter()
+        payload, status = self.load(kind, key)
+        if status == "hit":
+            self.events.append(CacheEvent(kind, key, label, "hit", time.perf_counter() - t0))
+            return payload
+        payload_path, _ = self.paths(kind, key)
+        payload_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(payload_path) + ".lock"):
+            payload, status = self.load(kind, key)  # another process may have built it
+            if status == "hit":
+                self.events.append(CacheEvent(kind, key, label, "hit", time.perf_counter() - t0))
+                return payload
+            payload = build()
+            self.save(kind, key, payload, spec)
+        done = "rebuilt (corrupt entry)" if status == "corrupt" else "built"
+        self.events.append(CacheEvent(kind, key, label, done, time.perf_counter() - t0))
+        return payload

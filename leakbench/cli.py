@@ -1,0 +1,85 @@
+"""The ``leakbench`` command: list plugins, print the leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from leakbench.errors import LeakbenchError
+
+
+def _cmd_list(args) -> int:
+    from leakbench.registry import REGISTRIES
+
+    listing = {}
+    for kind, reg in REGISTRIES.items():
+        listing[kind] = []
+        for name in reg.names():
+            obj = reg.get(name)
+            entry = {"name": name, "origin": reg.origin(name),
+                     "version": getattr(obj, "version", ""),
+                     "description": getattr(obj, "description", "") or (obj.__doc__ or "").strip().split("\n")[0]}
+            if getattr(obj, "access", None):
+                entry["access"] = obj.access
+            params = getattr(obj, "Params", None)
+            if params is not None:
+                import dataclasses
+
+                entry["params"] = {f.name: f.default for f in dataclasses.fields(params)}
+            listing[kind].append(entry)
+    if args.json:
+        print(json.dumps(listing, indent=2, default=str))
+        return 0
+    for kind, entries in listing.items():
+        print(f"{kind}:")
+        for e in entries:
+            params = ", ".join(f"{k}={v}" for k, v in e.get("params", {}).items())
+            extra = f" [{params}]" if params else ""
+            print(f"  {e['name']:<14} {e['description']}{extra}")
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from leakbench.leaderboard import leaderboard_frame, render_csv, render_json, render_table
+    from leakbench.results import ResultsStore
+
+    store = ResultsStore(args.results)
+    if not store.path.exists():
+        raise LeakbenchError(
+            f"No results store at {store.path}; run `pytest benchmarks/` first or pass --results DIR."
+        )
+    rows = store.rows()
+    if args.profile:
+        rows = [r for r in rows if r["profile"] == args.profile]
+    df = leaderboard_frame(rows)
+    out = {"table": render_table, "csv": render_csv, "json": render_json}[args.format](df)
+    sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="leakbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="list registered defenses, attacks, datasets, features")
+    p_list.add_argument("--json", action="store_true", help="machine-readable output")
+    p_list.set_defaults(func=_cmd_list)
+    p_lb = sub.add_parser("leaderboard", help="print the newest result of every cell")
+    p_lb.add_argument("--results", default=None, help="results folder (default ./leakbench-results)")
+    p_lb.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p_lb.add_argument("--profile", default=None, help="only this profile's rows")
+    p_lb.set_defaults(func=_cmd_leaderboard)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LeakbenchError as exc:
+        print(f"leakbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

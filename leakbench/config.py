@@ -1,0 +1,130 @@
+"""Profiles: every size in the suite comes from one named, frozen profile."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from leakbench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All sizes of one benchmark run.  Units are in the field names."""
+
+    name: str
+    # data
+    image_size: int
+    n_members: int
+    pool_size: int
+    # denoiser (U-Net + DDPM training)
+    unet_channels: tuple[int, ...]
+    unet_attention: bool
+    num_timesteps: int
+    schedule: str
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    ema_decay: float
+    # sampling and attacks
+    ddim_steps: int
+    n_samples: int
+    sample_batch_size: int
+    top_k_pairs: int
+    holdout_quantile: float
+    # defenses and attacks that later issues add read these
+    classifier_steps: int = 500
+    classifier_loss_target: float = 0.05
+    n_permutations: int = 100
+    mia_noise_draws: int = 4
+    extras: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+PROFILES: dict[str, Profile] = {
+    # Seconds: proves the plumbing, not the science.
+    "smoke": Profile(
+        name="smoke",
+        image_size=8,
+        n_members=32,
+        pool_size=256,
+        unet_channels=(16, 32),
+        unet_attention=False,
+        num_timesteps=100,
+        schedule="linear",
+        train_steps=20,
+        batch_size=16,
+        learning_rate=1e-3,
+        ema_decay=0.9,
+        ddim_steps=5,
+        n_samples=32,
+        sample_batch_size=32,
+        top_k_pairs=4,
+        holdout_quantile=0.99,
+        classifier_steps=20,
+        n_permutations=20,
+        mia_noise_draws=1,
+    ),
+    # Minutes on a 2-core CPU; must show the papers' effects for real.
+    "default": Profile(
+        name="default",
+        image_size=16,
+        n_members=128,
+        pool_size=2048,
+        unet_channels=(32, 64, 64),
+        unet_attention=False,
+        num_timesteps=1000,
+        schedule="linear",
+        train_steps=3000,
+        batch_size=64,
+        learning_rate=1e-3,
+        ema_decay=0.999,
+        ddim_steps=50,
+        n_samples=1000,
+        sample_batch_size=250,
+        top_k_pairs=16,
+        holdout_quantile=0.99,
+        classifier_steps=2000,
+        n_permutations=100,
+        mia_noise_draws=4,
+    ),
+    # Paper scale (CPSample Sec. 4: 1,000-image subsets, 1,000 DDIM steps); for a GPU.
+    "paper": Profile(
+        name="paper",
+        image_size=32,
+        n_members=1000,
+        pool_size=20_000,
+        unet_channels=(64, 128, 256),
+        unet_attention=True,
+        num_timesteps=1000,
+        schedule="linear",
+        train_steps=100_000,
+        batch_size=128,
+        learning_rate=2e-4,
+        ema_decay=0.9999,
+        ddim_steps=1000,
+        n_samples=10_000,
+        sample_batch_size=500,
+        top_k_pairs=32,
+        holdout_quantile=0.99,
+        classifier_steps=20_000,
+        n_permutations=1000,
+        mia_noise_draws=8,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the named profile, or fail with the list of known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UsageError(
+            f"Unknown profile {name!r}; choose one of: {', '.join(PROFILES)}."
+        ) from None

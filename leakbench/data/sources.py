@@ -1,0 +1,214 @@
+"""Built-in dataset sources: scikit-learn digits, official MedMNIST files, any .npz."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leakbench.data.base import DatasetSource, RawData, file_sha256, resize, validate_images
+from leakbench.errors import DataError
+
+MEDMNIST_SIZES = (28, 64, 128, 224)
+
+
+class Digits(DatasetSource):
+    """scikit-learn's bundled 1,797 handwritten digits (8×8, 17 grey levels), resized."""
+
+    name = "digits"
+    description = "scikit-learn's 1,797 bundled 8×8 handwritten digits, resized to the profile size"
+
+    def load(self, image_size: int) -> RawData:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        images = validate_images((d.images / 16.0).astype(np.float32), "digits")
+        return RawData(resize(images, image_size), d.target.astype(np.int64),
+                       {"source": "sklearn.datasets.load_digits", "native_size": 8})
+
+    def fingerprint(self, image_size: int) -> dict[str, Any]:
+        import sklearn
+
+        return {"dataset": "digits", "sklearn": sklearn.__version__, "image_size": image_size}
+
+
+def _npz_keys(path: Path) -> list[str]:
+    with np.load(path, allow_pickle=False) as z:
+        return list(z.keys())
+
+
+def _open_npz(path: Path, origin: str):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{origin}: {path} is not a readable .npz file ({exc}).") from None
+
+
+class Npz(DatasetSource):
+    """Any ``.npz`` with ``images`` (N×H×W[×C], uint8 or float in [0, 1]) and optional ``labels``."""
+
+    name = "npz"
+    needs_argument = True
+    description = "any .npz with 'images' (N×H×W[×C], uint8 or float in [0,1]) and optional 'labels'"
+
+    @classmethod
+    def usage(cls) -> str:
+        return "npz:<path to file.npz>"
+
+    @property
+    def path(self) -> Path:
+        p = Path(self.argument).expanduser()
+        if not p.is_absolute() and self.data_root is not None and not p.exists():
+            p = self.data_root / p
+        return p
+
+    def load(self, image_size: int) -> RawData:
+        path = self.path
+        if not path.exists():
+            raise DataError(f"Dataset file {path} does not exist; check the path after 'npz:'.")
+        origin = f"npz:{path}"
+        with _open_npz(path, origin) as z:
+            if "images" not in z:
+                raise DataError(
+                    f"{origin} has no 'images' array (it has: {', '.join(z.keys()) or 'nothing'}); "
+                    "save the images under the key 'images'."
+                )
+            images = validate_images(z["images"], origin)
+            labels = None
+            if "labels" in z:
+                labels = np.asarray(z["labels"]).reshape(len(z["labels"]), -1)[:, 0].astype(np.int64)
+                if len(labels) != len(images):
+                    raise DataError(
+                        f"{origin}: {len(labels)} labels for {len(images)} images; give one label "
+                        "per image or none."
+                    )
+        return RawData(resize(images, image_size), labels, {"source": str(path)})
+
+    def fingerprint(self, image_size: int) -> dict[str, Any]:
+        path = self.path
+        if not path.exists():
+            raise DataError(f"Dataset file {path} does not exist; check the path after 'npz:'.")
+        return {"dataset": "npz", "sha256": file_sha256(path), "image_size": image_size}
+
+
+class MedMNIST(DatasetSource):
+    """Official MedMNIST ``.npz`` files, read locally (never downloaded).
+
+    Looked up in ``--data-root``, ``$LEAKBENCH_DATA_ROOT``, then medmnist's default
+    folder.  Metadata (channels, split sizes, URL, MD5) comes from ``medmnist.INFO``.
+    The pool is the official train split.
+    """
+
+    name = "medmnist"
+    needs_argument = True
+    description = "official MedMNIST .npz files (2D flags), read from --data-root; never downloaded"
+
+    @classmethod
+    def usage(cls) -> str:
+        return "medmnist:<flag>, e.g. medmnist:pathmnist"
+
+    def _info(self) -> dict[str, Any]:
+        try:
+            import medmnist
+        except ImportError:
+            raise DataError(
+                "The medmnist package is not installed; run `pip install medmnist` "
+                "(it supplies the dataset metadata; the images come from your files)."
+            ) from None
+        flag = self.argument
+        if flag not in medmnist.INFO:
+            import difflib
+
+            two_d = [k for k in medmnist.INFO if not k.endswith("3d")]
+            close = difflib.get_close_matches(flag, two_d, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DataError(f"Unknown MedMNIST flag {flag!r}.{hint} Known: {', '.join(two_d)}.")
+        if flag.endswith("3d"):
+            raise DataError(f"MedMNIST flag {flag!r} is a 3D volume set; choose a 2D flag.")
+        return medmnist.INFO[flag]
+
+    def _roots(self) -> list[Path]:
+        roots = []
+        if self.data_root is not None:
+            roots.append(self.data_root)
+        env = os.environ.get("LEAKBENCH_DATA_ROOT")
+        if env:
+            roots.append(Path(env).expanduser())
+        try:
+            from medmnist.info import DEFAULT_ROOT
+
+            roots.append(Path(DEFAULT_ROOT).expanduser())
+        except ImportError:
+            roots.append(Path("~/.medmnist").expanduser())
+        return roots
+
+    @staticmethod
+    def native_size(image_size: int) -> int:
+        """The smallest official size at least ``image_size`` (the images are resized down)."""
+        for s in MEDMNIST_SIZES:
+            if s >= image_size:
+                return s
+        return MEDMNIST_SIZES[-1]
+
+    def _file(self, image_size: int) -> tuple[Path, dict[str, Any]]:
+        info = self._info()
+        size = self.native_size(image_size)
+        suffix = "" if size == 28 else f"_{size}"
+        fname = f"{self.argument}{suffix}.npz"
+        meta = {
+            "flag": self.argument,
+            "native_size": size,
+            "url": info.get(f"url{suffix}", info.get("url")),
+            "md5": info.get(f"MD5{suffix}", info.get("MD5")),
+            "n_channels": info["n_channels"],
+            "n_samples": info["n_samples"],
+        }
+        roots = self._roots()
+        for root in roots:
+            if (root / fname).exists():
+                return root / fname, meta
+        raise DataError(
+            f"MedMNIST file {fname} not found (looked in {', '.join(str(r) for r in roots)}); "
+            f"download it from {meta['url']} (MD5 {meta['md5']}) and put it in {roots[0]} "
+            "or pass --data-root."
+        )
+
+    def load(self, image_size: int) -> RawData:
+        path, meta = self._file(image_size)
+        origin = f"medmnist:{self.argument} ({path})"
+        with _open_npz(path, origin) as z:
+            if "train_images" not in z:
+                raise DataError(
+                    f"{origin} has no 'train_images' (it has: {', '.join(z.keys())}); expected the "
+                    "official MedMNIST layout (train_/val_/test_ images and labels)."
+                )
+            images = validate_images(z["train_images"], origin)
+            labels = z["train_labels"] if "train_labels" in z else None
+        if images.shape[-1] != meta["n_channels"]:
+            raise DataError(
+                f"{origin}: images have {images.shape[-1]} channel(s) but {self.argument} has "
+                f"{meta['n_channels']}; is this the right file?"
+            )
+        if labels is not None:
+            labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64)
+        expected = meta["n_samples"].get("train")
+        info = {**meta, "path": str(path), "official_split_size": expected,
+                "matches_official_size": expected == len(images)}
+        return RawData(resize(images, image_size), labels, info)
+
+    def fingerprint(self, image_size: int) -> dict[str, Any]:
+        path, meta = self._file(image_size)
+        return {"dataset": f"medmnist:{self.argument}", "sha256": file_sha256(path),
+                "native_size": meta["native_size"], "image_size": image_size}
+
+
+def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> DatasetSource:
+    """``digits``, ``medmnist:pathmnist`` or ``npz:/path/file.npz`` -> a dataset source."""
+    from leakbench.registry import DATASETS
+
+    name, _, arg = spec.partition(":")
+    cls = DATASETS.get(name.strip())
+    return cls(arg.strip() or None, data_root=data_root)

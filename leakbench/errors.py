@@ -1,0 +1,15 @@
+"""User-facing errors: each carries one sentence that says what to do."""
+
+from __future__ import annotations
+
+
+class LeakbenchError(Exception):
+    """Base class of errors that are the user's to fix; shown without a traceback."""
+
+
+class UsageError(LeakbenchError):
+    """A bad name, spec, option or parameter on the command line."""
+
+
+class DataError(LeakbenchError):
+    """A dataset that is missing, malformed or too small for the profile."""

@@ -1,0 +1,153 @@
+"""The harness: resolves specs, builds targets (cached), runs cells, stores findings.
+
+Both the pytest benchmark suite and the ``leakbench`` CLI drive this one class.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from leakbench.api import AuditTarget, Attack, Defense, Finding
+from leakbench.cache import ArtifactCache
+from leakbench.config import Profile, get_profile
+from leakbench.context import RunContext, resolve_device
+from leakbench.registry import ATTACKS, DEFENSES
+from leakbench.results import ResultsStore, Run
+from leakbench.specs import canonical, params_dict, parse_spec, resolve_params, split_specs
+
+
+def resolve_plugin(registry, text: str):
+    """A spec string -> a plugin instance with validated params."""
+    spec = parse_spec(text)
+    cls = registry.get(spec.name)
+    params = resolve_params(cls.Params, spec, owner=f"{registry.kind} {spec.name!r}")
+    return cls(params)
+
+
+def expand(values: list[str] | None, registry, default_all: bool = True) -> list[str]:
+    """Repeated, comma-separated option values -> canonical specs (validated)."""
+    texts: list[str] = []
+    for v in values or []:
+        texts.extend(split_specs(v))
+    if not texts and default_all:
+        texts = registry.names()
+    out: list[str] = []
+    for t in texts:
+        plugin = resolve_plugin(registry, t)
+        c = canonical(plugin.name, plugin.params)
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def validate_dataset(spec: str) -> str:
+    from leakbench.registry import DATASETS
+
+    name, _, arg = spec.partition(":")
+    cls = DATASETS.get(name.strip())
+    if cls.needs_argument and not arg.strip():
+        from leakbench.errors import UsageError
+
+        raise UsageError(f"Dataset {name!r} needs an argument: write {cls.usage()}.")
+    return spec.strip()
+
+
+@dataclass
+class BuiltTarget:
+    defense: Defense
+    target: AuditTarget
+    figures_recorded: bool = False
+
+
+@dataclass
+class Harness:
+    """One benchmark session: a profile, a seed, a cache, a results store."""
+
+    profile: Profile
+    seed: int = 0
+    device: str = "cpu"
+    cache: ArtifactCache = field(default_factory=ArtifactCache)
+    store: ResultsStore = field(default_factory=ResultsStore)
+    data_root: str | os.PathLike | None = None
+    progress: bool = True
+    command: str = ""
+    _run: Run | None = None
+    _contexts: dict[str, RunContext] = field(default_factory=dict)
+    _targets: dict[tuple[str, str], BuiltTarget] = field(default_factory=dict)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, *, profile: str = "default", seed: int = 0, device: str | None = "cpu",
+               cache_dir=None, results=None, data_root=None, progress: bool = True,
+               command: str = "") -> Harness:
+        return cls(profile=get_profile(profile), seed=int(seed), device=resolve_device(device),
+                   cache=ArtifactCache(cache_dir), store=ResultsStore(results),
+                   data_root=data_root, progress=progress, command=command)
+
+    @property
+    def run(self) -> Run:
+        if self._run is None:
+            self._run = self.store.start_run(profile=self.profile.name, seed=self.seed,
+                                             command=self.command)
+        return self._run
+
+    def context(self, dataset: str) -> RunContext:
+        if dataset not in self._contexts:
+            self._contexts[dataset] = RunContext(
+                profile=self.profile, dataset=dataset, seed=self.seed, device=self.device,
+                cache=self.cache, data_root=self.data_root, progress=self.progress,
+            )
+        return self._contexts[dataset]
+
+    def target(self, dataset: str, defense_spec: str) -> BuiltTarget:
+        """Train (or load) and wrap the defense's target on ``dataset``; memoised per session."""
+        key = (dataset, defense_spec)
+        if key not in self._targets:
+            ctx = self.context(dataset)
+            defense: Defense = resolve_plugin(DEFENSES, defense_spec)
+            t0 = time.perf_counter()
+            artifacts = defense.train(ctx)
+            target = defense.wrap(artifacts, ctx)
+            target.info.setdefault("setup_seconds", time.perf_counter() - t0)
+            self._targets[key] = BuiltTarget(defense, target)
+        return self._targets[key]
+
+    def run_cell(self, dataset: str, defense_spec: str, attack_spec: str) -> Finding:
+        """Run one attack on one defended target and store what it found."""
+        built = self.target(dataset, defense_spec)
+        attack: Attack = resolve_plugin(ATTACKS, attack_spec)
+        ctx = self.context(dataset)
+        t0 = time.perf_counter()
+        finding = attack.run(built.target, ctx)
+        seconds = time.perf_counter() - t0
+        self.store.record(
+            self.run, dataset=dataset, defense=defense_spec,
+            defense_params=params_dict(built.defense.params), attack=attack_spec,
+            attack_params=params_dict(attack.params), finding=finding,
+        )
+        self.cells.append({"dataset": dataset, "defense": defense_spec, "attack": attack_spec,
+                           "seconds": seconds})
+        return finding
+
+    def finish(self) -> None:
+        """Store every built target's defense figures (idempotent)."""
+        for dataset, defense_spec in list(self._targets):
+            self.record_defense_figures(dataset, defense_spec)
+
+    def record_defense_figures(self, dataset: str, defense_spec: str) -> None:
+        """Store the defense's own figures (costs) once per target, under attack ``defense``."""
+        built = self._targets[(dataset, defense_spec)]
+        if built.figures_recorded:
+            return
+        metrics = built.defense.figures(built.target)
+        if not metrics:
+            return
+        built.figures_recorded = True
+        self.store.record(
+            self.run, dataset=dataset, defense=defense_spec,
+            defense_params=params_dict(built.defense.params), attack="defense",
+            attack_params={}, finding=Finding(metrics, info=dict(built.target.info)),
+        )
