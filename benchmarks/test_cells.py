@@ -6,6 +6,8 @@ results store and records its wall time with pytest-benchmark.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from leakbench.errors import LeakbenchError
@@ -13,11 +15,15 @@ from leakbench.errors import LeakbenchError
 pytestmark = pytest.mark.cell
 
 
-def test_cell(cell, harness, benchmark):
+def test_cell(cell, harness, benchmark, request):
     dataset, defense, attack = cell
+    # Let progress bars of long work reach the terminal (``-q`` turns them off).
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    uncaptured = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     try:
-        finding = benchmark.pedantic(harness.run_cell, args=(dataset, defense, attack),
-                                     rounds=1, iterations=1)
+        with uncaptured:
+            finding = benchmark.pedantic(harness.run_cell, args=(dataset, defense, attack),
+                                         rounds=1, iterations=1)
     except LeakbenchError as exc:
         pytest.fail(str(exc), pytrace=False)
     benchmark.extra_info.update({m.name: m.value for m in finding.metrics})
