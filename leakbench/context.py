@@ -42,13 +42,18 @@ class RunContext:
     cache: ArtifactCache = field(default_factory=ArtifactCache)
     data_root: str | os.PathLike | None = None
     progress: bool = True
-    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
     def source(self):
         from leakbench.data.sources import open_dataset
 
         return open_dataset(self.dataset, data_root=self.data_root)
+
+    @functools.cached_property
+    def split_options(self):
+        from leakbench.data.sources import parse_dataset_spec
+
+        return parse_dataset_spec(self.dataset)[2]
 
     @functools.cached_property
     def splits(self):
@@ -60,6 +65,7 @@ class RunContext:
             n_members=self.profile.n_members,
             pool_size=self.profile.pool_size,
             seed=self.seed,
+            options=self.split_options,
         )
 
     @functools.cached_property

@@ -44,11 +44,13 @@ def expand(values: list[str] | None, registry, default_all: bool = True) -> list
 
 
 def validate_dataset(spec: str) -> str:
+    """Check a dataset spec's name, argument and params (the files are read later)."""
+    from leakbench.data.sources import parse_dataset_spec
     from leakbench.registry import DATASETS
 
-    name, _, arg = spec.partition(":")
-    cls = DATASETS.get(name.strip())
-    if cls.needs_argument and not arg.strip():
+    name, arg, _ = parse_dataset_spec(spec)
+    cls = DATASETS.get(name)
+    if cls.needs_argument and not arg:
         from leakbench.errors import UsageError
 
         raise UsageError(f"Dataset {name!r} needs an argument: write {cls.usage()}.")

@@ -35,11 +35,6 @@ class Digits(DatasetSource):
         return {"dataset": "digits", "sklearn": sklearn.__version__, "image_size": image_size}
 
 
-def _npz_keys(path: Path) -> list[str]:
-    with np.load(path, allow_pickle=False) as z:
-        return list(z.keys())
-
-
 def _open_npz(path: Path, origin: str):
     try:
         return np.load(path, allow_pickle=False)
@@ -205,10 +200,25 @@ class MedMNIST(DatasetSource):
                 "native_size": meta["native_size"], "image_size": image_size}
 
 
+def parse_dataset_spec(spec: str):
+    """``name[:argument][key=value,...]`` -> (name, argument, SplitOptions)."""
+    from leakbench.data.splits import SplitOptions
+    from leakbench.specs import Spec, parse_spec, resolve_params
+
+    text = spec.strip()
+    raw: tuple = ()
+    if text.endswith("]") and "[" in text:
+        cut = text.rindex("[")
+        raw = parse_spec("x" + text[cut:]).raw
+        text = text[:cut]
+    name, _, arg = text.partition(":")
+    options = resolve_params(SplitOptions, Spec(name, raw), owner=f"dataset {name.strip()!r}")
+    return name.strip(), arg.strip() or None, options
+
+
 def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> DatasetSource:
     """``digits``, ``medmnist:pathmnist`` or ``npz:/path/file.npz`` -> a dataset source."""
     from leakbench.registry import DATASETS
 
-    name, _, arg = spec.partition(":")
-    cls = DATASETS.get(name.strip())
-    return cls(arg.strip() or None, data_root=data_root)
+    name, arg, _ = parse_dataset_spec(spec)
+    return DATASETS.get(name)(arg, data_root=data_root)

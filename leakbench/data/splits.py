@@ -17,7 +17,48 @@ import numpy as np
 from leakbench.data.base import DatasetSource
 from leakbench.errors import DataError
 
-SPLIT_VERSION = "1"
+SPLIT_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Dataset spec params: ``digits[canary=false]``, ``medmnist:pathmnist[members=256]``."""
+
+    canary: bool = True  # replace one member by its fingerprinted copy (SAF, paper 003 Sec. 3.3)
+    members: int | None = None  # member-set size; None: the profile's n_members
+
+    def __post_init__(self):
+        if self.members is not None and self.members < 2:
+            raise ValueError(f"members={self.members} must be at least 2")
+
+
+def canary_radius(image_size: int) -> int:
+    """4 px at 28 px, scaled with the image size, never below 2 px (paper 003, Fig. 2)."""
+    return max(2, round(4 * image_size / 28))
+
+
+def circle_mask(image_size: int, center: tuple[int, int], radius: int) -> np.ndarray:
+    """Boolean (H, W) mask of the filled circle (y − cy)² + (x − cx)² ≤ r²."""
+    yy, xx = np.mgrid[:image_size, :image_size]
+    return (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
+
+
+def insert_fingerprint(image: np.ndarray, center: tuple[int, int], radius: int,
+                       grey: float) -> np.ndarray:
+    """x_SAF: ``image`` (H, W, C) in [0, 1] with a filled circle of one constant grey level."""
+    out = image.copy()
+    out[circle_mask(image.shape[0], center, radius)] = grey
+    return out
+
+
+def place_canary(rng: np.random.Generator, image_size: int, n_members: int) -> dict[str, Any]:
+    """Pick the fingerprinted member and a circle that lies entirely inside the image."""
+    r = canary_radius(image_size)
+    if 2 * r + 1 > image_size:
+        raise DataError(f"Images of {image_size} px are too small for a fingerprint of radius {r}.")
+    cy, cx = (int(v) for v in rng.integers(r, image_size - r, size=2))
+    return {"member_position": int(rng.integers(n_members)), "center": [cy, cx], "radius": r,
+            "grey": 0.5}
 
 
 @dataclass
@@ -46,6 +87,11 @@ class Splits:
     def channels(self) -> int:
         return int(self.members.shape[1])
 
+    @property
+    def canary(self) -> dict[str, Any] | None:
+        """Where the fingerprint went (position among members, center, radius, grey), or None."""
+        return self.manifest.get("canary")
+
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
@@ -58,10 +104,18 @@ def make_splits(
     n_members: int,
     pool_size: int,
     seed: int,
+    options: SplitOptions | None = None,
 ) -> Splits:
-    """Deterministic splits: same source, sizes and seed give the same manifest and hash."""
+    """Deterministic splits: same source, sizes and seed give the same manifest and hash.
+
+    With ``options.canary`` (the default) one random member x_p is replaced by x_SAF,
+    its copy with a synthetic anatomical fingerprint; the clean x_p is not trained on.
+    """
     import torch
 
+    options = options or SplitOptions()
+    if options.members is not None:
+        n_members = options.members
     raw = source.load(image_size)
     n = len(raw.images)
     if n_members < 1:
@@ -84,10 +138,22 @@ def make_splits(
         "n_source": int(n),
         "members": member_idx.tolist(),
         "holdout": holdout_idx.tolist(),
+        "canary": None,
     }
+    images = raw.images
+    extras: dict[str, Any] = {"source_info": raw.info}
+    if options.canary:
+        canary = place_canary(np.random.default_rng([seed, 0xCA4A]), image_size, n_members)
+        canary["source_index"] = int(member_idx[canary["member_position"]])
+        manifest["canary"] = canary
+        clean = raw.images[canary["source_index"]]
+        images = raw.images.copy()
+        images[canary["source_index"]] = insert_fingerprint(
+            clean, tuple(canary["center"]), canary["radius"], canary["grey"])
+        extras["canary_clean"] = torch.from_numpy(clean).permute(2, 0, 1) * 2.0 - 1.0
 
     def to_tensor(idx: np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(raw.images[idx])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2)
         return (x * 2.0 - 1.0).contiguous()
 
     labels = raw.labels
@@ -98,5 +164,5 @@ def make_splits(
         holdout_labels=None if labels is None else labels[holdout_idx],
         manifest=manifest,
         hash=manifest_hash(manifest),
-        extras={"source_info": raw.info},
+        extras=extras,
     )
