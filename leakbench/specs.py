@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -73,11 +74,12 @@ def parse_spec(text: str) -> Spec:
 def _coerce(value: str, kind: Any, *, key: str, owner: str) -> Any:
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         if value.lower() in ("none", "null") and len(non_none) < len(args):
             return None
         kind = non_none[0]
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is typing.Literal:
         if value not in [str(a) for a in args]:
             raise UsageError(
