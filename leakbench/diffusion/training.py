@@ -71,7 +71,7 @@ def train_denoiser(
         opt.step()
         # EMA with the usual warm-up, so short runs are not dominated by the initial weights.
         ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
     bar.close()

@@ -1,0 +1,116 @@
+"""End to end through the real command lines: pytest benchmarks/ and the leakbench CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+from dataclasses import dataclass
+from leakbench import ATTACKS, DEFENSES, Attack, AuditTarget, Defense, Finding, Metric
+
+@dataclass(frozen=True)
+class NoisyParams:
+    scale: float = 1.0
+
+@DEFENSES.register("throwaway")
+class Throwaway(Defense):
+    """Samples pure noise: replicates nothing."""
+    name = "throwaway"
+    Params = NoisyParams
+    def train(self, ctx):
+        return {}
+    def wrap(self, artifacts, ctx):
+        import torch
+        def draw(n, seed):
+            g = torch.Generator().manual_seed(seed)
+            return (torch.rand((n, *ctx.splits.image_shape), generator=g) * 2 - 1) * self.params.scale, {}
+        return AuditTarget(key=ctx.target_key(self), model=None, schedule=ctx.schedule,
+                           splits=ctx.splits, ctx=ctx, draw=draw, info={"train_seconds": 0.0})
+
+@ATTACKS.register("count")
+class Count(Attack):
+    name = "count"
+    def run(self, target, ctx):
+        return Finding([Metric("n_samples", float(len(target.sample(8))), direction=None)])
+'''
+
+
+def _pytest(*args, cwd=ROOT, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "leakbench.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_throwaway_plugin_runs_through_the_benchmark(tmp_path):
+    (tmp_path / "throwaway_plugin.py").write_text(PLUGIN)
+    res = tmp_path / "results"
+    r = _pytest("benchmarks/", "-p", "throwaway_plugin", "--defense", "throwaway[scale=0.5]",
+                "--attack", "replication,count", "--profile", "smoke", "--cache-dir",
+                str(tmp_path / "cache"), "--results", str(res), "--benchmark-disable",
+                env_extra={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 passed" in r.stdout
+    assert "leakbench leaderboard" in r.stdout and "throwaway[scale=0.5]" in r.stdout
+    out = _cli("leaderboard", "--results", str(res), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    by = {(x["attack"], x["metric"]): x for x in rows}
+    assert by[("count", "n_samples")]["value"] == 8
+    assert by[("replication", "frac_above")]["value"] == 0.0  # noise replicates nothing
+    assert by[("replication", "frac_above")]["defense"] == "throwaway[scale=0.5]"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--defense", "dddim"], "Unknown defense 'dddim'. Did you mean 'ddim'? Known: "),
+        (["--attack", "replicaton"], "Unknown attack 'replicaton'. Did you mean 'replication'?"),
+        (["--dataset", "digitz"], "Unknown dataset 'digitz'. Did you mean 'digits'?"),
+        (["--profile", "huge"], "Unknown profile 'huge'; choose one of: smoke, default, paper."),
+        (["--defense", "ddim[alpha=1]"], "defense 'ddim' has no parameter 'alpha'"),
+        (["--attack", "replication[quantile=2]"], "quantile=2.0 must be in [0.5, 1)"),
+        (["--dataset", "medmnist"], "needs an argument: write medmnist:<flag>"),
+    ],
+)
+def test_bad_names_are_usage_errors(tmp_path, args, message):
+    r = _pytest("benchmarks/", *args, "--results", str(tmp_path))
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_missing_dataset_file_fails_the_cell_in_one_sentence(tmp_path):
+    r = _pytest("benchmarks/", "--dataset", f"npz:{tmp_path}/none.npz", "--profile", "smoke",
+                "--results", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"),
+                "--benchmark-disable")
+    assert r.returncode == 1
+    assert "none.npz does not exist; check the path after 'npz:'." in r.stdout
+    assert "Traceback" not in r.stdout
+
+
+def test_list_json_and_table():
+    r = _cli("list", "--json")
+    assert r.returncode == 0, r.stderr
+    listing = json.loads(r.stdout)
+    assert {"defenses", "attacks", "datasets", "features"} <= set(listing)
+    assert any(d["name"] == "ddim" for d in listing["defenses"])
+    assert "replication" in _cli("list").stdout
+
+
+def test_leaderboard_without_store_says_what_to_do(tmp_path):
+    r = _cli("leaderboard", "--results", str(tmp_path / "nothing"))
+    assert r.returncode == 2
+    assert "run `pytest benchmarks/` first" in r.stderr and "Traceback" not in r.stderr
