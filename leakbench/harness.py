@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from leakbench.api import AuditTarget, Attack, Defense, Finding
+from leakbench.api import Attack, AuditTarget, Defense, Finding
 from leakbench.cache import ArtifactCache
 from leakbench.config import Profile, get_profile
 from leakbench.context import RunContext, resolve_device
