@@ -53,6 +53,10 @@ def _cmd_leaderboard(args) -> int:
     if args.profile:
         rows = [r for r in rows if r["profile"] == args.profile]
     df = leaderboard_frame(rows)
+    if args.no_timings:
+        from leakbench.leaderboard import is_timing
+
+        df = df[[not is_timing(m) for m in df["metric"]]]
     out = {"table": render_table, "csv": render_csv, "json": render_json}[args.format](df)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     return 0
@@ -68,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_lb.add_argument("--results", default=None, help="results folder (default ./leakbench-results)")
     p_lb.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p_lb.add_argument("--profile", default=None, help="only this profile's rows")
+    p_lb.add_argument("--no-timings", action="store_true",
+                      help="leave out wall-clock figures (for byte-identical comparisons)")
     p_lb.set_defaults(func=_cmd_leaderboard)
     return p
 

@@ -13,6 +13,11 @@ JSON_FIELDS = ["dataset", "defense", "attack", "metric", "value", "ci_low", "ci_
                "n", "direction", "profile", "seed", "version", "git_rev"]
 
 
+def is_timing(metric: str) -> bool:
+    """Wall-clock figures (``*_seconds``, ``*seconds_per_image``) vary between runs by nature."""
+    return "seconds" in metric
+
+
 def leaderboard_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Keep, for every cell, only the rows of the run that wrote to it last."""
     df = pd.DataFrame(rows)
@@ -56,9 +61,11 @@ def render_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+def to_records(df: pd.DataFrame, *, timings: bool = True) -> list[dict[str, Any]]:
     out = []
     for r in df.to_dict("records"):
+        if not timings and is_timing(r["metric"]):
+            continue
         rec = {}
         for k in JSON_FIELDS:
             v = r.get(k)
@@ -71,9 +78,9 @@ def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def render_json(df: pd.DataFrame) -> str:
-    return json.dumps(to_records(df), indent=2, sort_keys=True, ensure_ascii=False)
+def render_json(df: pd.DataFrame, *, timings: bool = True) -> str:
+    return json.dumps(to_records(df, timings=timings), indent=2, sort_keys=True, ensure_ascii=False)
 
 
-def render_csv(df: pd.DataFrame) -> str:
-    return pd.DataFrame(to_records(df), columns=JSON_FIELDS).to_csv(index=False)
+def render_csv(df: pd.DataFrame, *, timings: bool = True) -> str:
+    return pd.DataFrame(to_records(df, timings=timings), columns=JSON_FIELDS).to_csv(index=False)

@@ -114,3 +114,28 @@ def test_leaderboard_without_store_says_what_to_do(tmp_path):
     r = _cli("leaderboard", "--results", str(tmp_path / "nothing"))
     assert r.returncode == 2
     assert "run `pytest benchmarks/` first" in r.stderr and "Traceback" not in r.stderr
+
+
+def _leaderboard_json(results):
+    out = _cli("leaderboard", "--results", str(results), "--format", "json", "--no-timings")
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_same_seed_same_leaderboard_serial_and_parallel(tmp_path):
+    """Two cold runs (one of them on two xdist workers) give byte-identical leaderboards."""
+    (tmp_path / "throwaway_plugin.py").write_text(PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    common = ["benchmarks/", "-p", "throwaway_plugin", "--defense", "ddim,throwaway",
+              "--attack", "replication,count", "--profile", "smoke", "--benchmark-disable", "-q"]
+    r1 = _pytest(*common, "--cache-dir", str(tmp_path / "c1"), "--results", str(tmp_path / "r1"),
+                 env_extra=env)
+    assert r1.returncode == 0, r1.stdout + r1.stderr
+    r2 = _pytest(*common, "-n", "2", "--cache-dir", str(tmp_path / "c2"),
+                 "--results", str(tmp_path / "r2"), env_extra=env)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert "leakbench leaderboard" in r2.stdout  # the xdist controller prints it too
+    a, b = _leaderboard_json(tmp_path / "r1"), _leaderboard_json(tmp_path / "r2")
+    assert a == b
+    assert len(json.loads(a)) > 10
