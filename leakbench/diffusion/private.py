@@ -1,0 +1,205 @@
+"""Differentially private denoiser training: DP-SGD with Opacus (Abadi et al. 2016; DPDM).
+
+Each step samples a Poisson batch (every member independently with probability q),
+clips every member's gradient to norm C, sums, adds N(0, σ²C²) noise and takes an
+Adam step (Abadi et al. 2016, Algorithm 1).  σ is calibrated so that the planned
+number of steps spends at most the target (ε, δ); the accountant tracks what was
+spent.  Noise multiplicity (Dockhorn et al. 2023, DPDM, Sec. 3.2) averages the
+denoising loss of one member over K draws of (t, ε) *before* clipping: the member
+is still one record of the mechanism, so the accounting does not change.
+The EMA of the weights is post-processing and costs no privacy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from leakbench.diffusion.schedule import NoiseSchedule
+from leakbench.diffusion.training import ema_update
+
+
+def per_example_loss(
+    model: nn.Module,
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    generator: torch.Generator,
+    noise_draws: int = 1,
+) -> torch.Tensor:
+    """(N·K,) DDPM losses ‖ε − ε_θ(x_t, t)‖²/d, K = ``noise_draws`` rows per member, in order.
+
+    Rows i·K … i·K + K − 1 belong to member i, each with its own (t, ε).
+    """
+    x0 = x0.repeat_interleave(noise_draws, dim=0)
+    n = x0.shape[0]
+    t = torch.randint(0, schedule.num_timesteps, (n,), generator=generator).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_t = schedule.add_noise(x0, t, eps)
+    return (model(x_t, t) - eps).pow(2).flatten(1).mean(1)
+
+
+def merge_noise_draws(model: nn.Module, noise_draws: int) -> None:
+    """Average each parameter's per-sample gradients over the K rows of one member (DPDM).
+
+    With Opacus' ``loss_reduction="mean"`` over N·K rows, ``grad_sample`` row (i, k) is
+    ∇ℓ(x_i; t_k, ε_k); their mean over k is the gradient of member i's K-draw loss,
+    which is what gets clipped.
+    """
+    if noise_draws == 1:
+        return
+    for p in model.parameters():
+        g = getattr(p, "grad_sample", None)
+        if g is not None:
+            p.grad_sample = g.reshape(-1, noise_draws, *g.shape[1:]).mean(1)
+
+
+def dp_step(
+    dp_model: nn.Module,
+    optimizer,
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    generator: torch.Generator,
+    noise_draws: int = 1,
+) -> float | None:
+    """One (physical) DP-SGD step on a Poisson batch; return its mean loss (None if empty).
+
+    ``dp_model`` and ``optimizer`` come from Opacus' ``make_private``: the optimizer
+    clips every member's gradient, sums, adds the noise and steps (or, inside a
+    ``BatchMemoryManager``, only accumulates until the logical batch is complete).
+    """
+    # Per-member loss over K noise draws, per-sample gradients merged over the draws.
+    loss = per_example_loss(dp_model, x0, schedule, generator, noise_draws)
+    if len(loss):
+        loss.mean().backward()
+    else:
+        _empty_grad_samples(dp_model)
+    merge_noise_draws(dp_model, noise_draws)
+
+    # Clip, sum, add N(0, σ²C²), scale by the expected batch size, and step.
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach().mean()) if len(loss) else None
+
+
+def planned_epochs(steps: int, sample_rate: float) -> float:
+    """Epochs E with int(E / q) == steps, the way Opacus turns epochs into steps."""
+    epochs = steps * sample_rate
+    while int(epochs / sample_rate) < steps:
+        epochs = math.nextafter(epochs, math.inf)
+    return epochs
+
+
+def train_private_denoiser(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    schedule: NoiseSchedule,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    ema_decay: float,
+    seed: int,
+    target_epsilon: float,
+    target_delta: float,
+    max_grad_norm: float,
+    noise_draws: int = 1,
+    accountant: str = "rdp",
+    max_physical_batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "DP-SGD training",
+) -> tuple[nn.Module, dict]:
+    """Train ``model`` on ``images`` with DP-SGD for exactly ``steps`` steps; return (EMA, stats).
+
+    The expected batch is ``batch_size`` (q = 1 / ⌈N / batch_size⌉, Opacus' rule);
+    σ comes from ``PrivacyEngine.make_private_with_epsilon`` for the planned steps.
+    ``stats`` holds ε spent (from the accountant), δ, σ, q, the steps and the costs.
+    """
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from opacus.validators import ModuleValidator
+
+    from leakbench.errors import UsageError
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise UsageError(f"The denoiser cannot be trained with DP-SGD ({errors[0]}); use a model "
+                         "without BatchNorm.")
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images),
+                                         batch_size=min(batch_size, len(images)))
+    sample_rate = 1 / len(loader)
+    gen = torch.Generator().manual_seed(int(seed))
+    t0 = time.perf_counter()
+
+    # The Poisson sampler draws from the global RNG: seed it, and leave the caller's RNG alone.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
+        warnings.filterwarnings("ignore", message=".*non-full backward hook.*")
+        torch.manual_seed(int(seed))
+        engine = PrivacyEngine(accountant=accountant)
+        dp_model, optimizer, dp_loader = engine.make_private_with_epsilon(
+            module=model,
+            optimizer=torch.optim.Adam(model.parameters(), lr=learning_rate),
+            data_loader=loader,
+            target_epsilon=target_epsilon,
+            target_delta=target_delta,
+            epochs=planned_epochs(steps, sample_rate),
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=torch.Generator().manual_seed(int(seed) + 1),
+        )
+        physical = max_physical_batch_size or 2 * batch_size
+
+        done, losses = 0, []
+        bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
+        while done < steps:
+            with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=physical,
+                                    optimizer=optimizer) as batches:
+                for (x0,) in batches:
+                    loss = dp_step(dp_model, optimizer, x0.to(device), schedule, gen, noise_draws)
+                    if loss is not None:
+                        losses.append(loss)
+                    if optimizer._is_last_step_skipped:
+                        continue
+
+                    # A logical step was taken: EMA (post-processing), progress, stop on plan.
+                    ema_update(ema, dp_model._module, min(ema_decay, (1 + done) / (10 + done)))
+                    done += 1
+                    bar.update(1)
+                    if done % 50 == 0 and losses:
+                        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}",
+                                        eps=f"{engine.get_epsilon(target_delta):.2f}")
+                    if done == steps:
+                        break
+        bar.close()
+    tail = losses[-max(1, len(losses) // 10):]
+    stats = {
+        "train_seconds": time.perf_counter() - t0,
+        "train_steps": steps,
+        "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "epsilon": float(engine.get_epsilon(target_delta)),
+        "target_epsilon": float(target_epsilon),
+        "delta": float(target_delta),
+        "noise_multiplier": float(optimizer.noise_multiplier),
+        "max_grad_norm": float(max_grad_norm),
+        "sample_rate": float(sample_rate),
+        "accountant": engine.accountant.mechanism(),
+        "accounted_steps": int(sum(n for _, _, n in engine.accountant.history)),
+        "noise_draws": int(noise_draws),
+    }
+    return ema.cpu(), stats
+
+
+def _empty_grad_samples(model: nn.Module) -> None:
+    """An empty Poisson batch: zero members, so zero per-sample gradients (the noise still comes)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad_sample = p.new_zeros((0, *p.shape))
