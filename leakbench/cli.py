@@ -44,12 +44,15 @@ def _cmd_leaderboard(args) -> int:
     from leakbench.leaderboard import leaderboard_frame, render_csv, render_json, render_table
     from leakbench.results import ResultsStore
 
-    store = ResultsStore(args.results)
-    if not store.path.exists():
-        raise LeakbenchError(
-            f"No results store at {store.path}; run `pytest benchmarks/` first or pass --results DIR."
-        )
-    rows = store.rows()
+    rows = []
+    for folder in args.results or [None]:  # several stores (one per machine) merge into one board
+        store = ResultsStore(folder)
+        if not store.path.exists():
+            raise LeakbenchError(
+                f"No results store at {store.path}; run `pytest benchmarks/` first or pass "
+                "--results DIR."
+            )
+        rows.extend(store.rows())
     if args.profile:
         rows = [r for r in rows if r["profile"] == args.profile]
     df = leaderboard_frame(rows)
@@ -62,6 +65,22 @@ def _cmd_leaderboard(args) -> int:
     return 0
 
 
+def _cmd_cells(args) -> int:
+    """Print one pytest node id per benchmark cell (for job arrays: one cell per task)."""
+    from leakbench.harness import expand, validate_dataset
+    from leakbench.registry import ATTACKS, DEFENSES
+    from leakbench.specs import split_specs
+
+    defenses = expand(args.defense, DEFENSES)
+    attacks = expand(args.attack, ATTACKS)
+    datasets = [validate_dataset(s) for v in args.dataset or ["digits"] for s in split_specs(v)]
+    for d in datasets:
+        for f in defenses:
+            for a in attacks:
+                print(f"benchmarks/test_cells.py::test_cell[{d}-{f}-{a}]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leakbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -69,12 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("--json", action="store_true", help="machine-readable output")
     p_list.set_defaults(func=_cmd_list)
     p_lb = sub.add_parser("leaderboard", help="print the newest result of every cell")
-    p_lb.add_argument("--results", default=None, help="results folder (default ./leakbench-results)")
+    p_lb.add_argument("--results", action="append", default=None,
+                      help="results folder (default ./leakbench-results); repeat to merge stores")
     p_lb.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p_lb.add_argument("--profile", default=None, help="only this profile's rows")
     p_lb.add_argument("--no-timings", action="store_true",
                       help="leave out wall-clock figures (for byte-identical comparisons)")
     p_lb.set_defaults(func=_cmd_leaderboard)
+    p_cells = sub.add_parser("cells", help="list the benchmark cells as pytest node ids")
+    for opt in ("--defense", "--attack", "--dataset"):
+        p_cells.add_argument(opt, action="append", default=None, help="as for pytest benchmarks/")
+    p_cells.set_defaults(func=_cmd_cells)
     return p
 
 

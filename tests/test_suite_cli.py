@@ -139,3 +139,24 @@ def test_same_seed_same_leaderboard_serial_and_parallel(tmp_path):
     a, b = _leaderboard_json(tmp_path / "r1"), _leaderboard_json(tmp_path / "r2")
     assert a == b
     assert len(json.loads(a)) > 10
+
+
+@pytest.mark.slow
+def test_cells_as_separate_jobs_merge_into_the_same_leaderboard(tmp_path):
+    """A job array: one process per cell, one shared cache, one results store per job."""
+    (tmp_path / "throwaway_plugin.py").write_text(PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    cells = _cli("cells", "--defense", "ddim", "--attack", "replication").stdout.split()
+    assert cells == ["benchmarks/test_cells.py::test_cell[digits-ddim-replication]"]
+    node_ids = ["benchmarks/test_cells.py::test_cell[digits-ddim-replication]",
+                "benchmarks/test_cells.py::test_cell[digits-throwaway-replication]"]
+    common = ["-p", "throwaway_plugin", "--defense", "ddim,throwaway", "--attack", "replication",
+              "--profile", "smoke", "--benchmark-disable", "-q", "--cache-dir", str(tmp_path / "c")]
+    for i, node in enumerate(node_ids):
+        r = _pytest(node, *common, "--results", str(tmp_path / f"job{i}"), env_extra=env)
+        assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr
+    merged = _cli("leaderboard", "--results", str(tmp_path / "job0"), "--results",
+                  str(tmp_path / "job1"), "--format", "json", "--no-timings")
+    serial = _pytest("benchmarks/", *common, "--results", str(tmp_path / "serial"), env_extra=env)
+    assert serial.returncode == 0, serial.stdout + serial.stderr
+    assert merged.stdout == _leaderboard_json(tmp_path / "serial")
