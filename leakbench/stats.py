@@ -55,3 +55,147 @@ def fraction_above(values: np.ndarray, threshold: float) -> tuple[float, int, in
     k = int((values > threshold).sum())
     n = int(values.size)
     return (k / n if n else 0.0), k, n
+
+
+# --- Membership inference: ROC, AUC, TPR at low FPR, bootstrap CIs, empirical ε -----------------
+# Convention: a higher score means "more likely a member".
+
+
+def roc_curve(member_scores: np.ndarray, nonmember_scores: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of the rule "member iff score >= threshold", one point per
+    distinct score, starting at (0, 0) with threshold +inf (scikit-learn's convention)."""
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    scores = np.concatenate([pos, neg])
+    labels = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
+
+    # Sort by decreasing score; a threshold sits at the last of each run of tied scores.
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tps = np.cumsum(labels)[last]
+    fps = (last + 1) - tps
+    tpr = np.r_[0.0, tps / max(pos.size, 1)]
+    fpr = np.r_[0.0, fps / max(neg.size, 1)]
+    return fpr, tpr, np.r_[np.inf, scores[last]]
+
+
+def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
+    """Area under the ROC curve: P(member score > non-member score) + ½ P(tie) (Mann–Whitney U)."""
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        return 0.5
+    ranks = _st.rankdata(np.concatenate([pos, neg]))
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))
+
+
+def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float) -> float:
+    """The largest TPR over ROC points with FPR <= ``fpr``; 0 where only (0, 0) qualifies."""
+    f, t, _ = roc_curve(member_scores, nonmember_scores)
+    return float(t[f <= fpr + 1e-12].max())
+
+
+def bootstrap_ci(
+    statistic,
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic(members, non-members)``, resampling each group."""
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0 or n_bootstrap < 1:
+        v = float(statistic(pos, neg))
+        return v, v
+    rng = np.random.default_rng([int(seed), 0xB007])
+    values = np.array([
+        statistic(pos[rng.integers(pos.size, size=pos.size)],
+                  neg[rng.integers(neg.size, size=neg.size)])
+        for _ in range(n_bootstrap)
+    ])
+    a = (1 - confidence) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+def two_sample_z(test_values: np.ndarray, train_values: np.ndarray) -> tuple[float, float]:
+    """One-sided two-sample Z test (CPSample paper 001, Sec. 4.3).
+
+    z = (μ_test − μ_train) / √(V_test/m + V_train/n), V the unbiased sample variances;
+    the p-value is P(Z >= z) under H0: μ_train >= μ_test (training loss not lower).
+    """
+    test = np.asarray(test_values, dtype=np.float64).ravel()
+    train = np.asarray(train_values, dtype=np.float64).ravel()
+    m, n = test.size, train.size
+    if m < 2 or n < 2:
+        return 0.0, 1.0
+    se = math.sqrt(test.var(ddof=1) / m + train.var(ddof=1) / n)
+    diff = test.mean() - train.mean()
+    if se == 0:
+        return 0.0, 1.0 if diff <= 0 else 0.0
+    z = diff / se
+    return float(z), float(_st.norm.sf(z))
+
+
+def epsilon_from_rates(fpr_high: float, fnr_high: float, delta: float = 1e-5) -> float:
+    """Empirical ε that (ε, δ)-DP forbids an attack with these error rates to beat
+    (Jagielski et al. 2020, Sec. 3): max(log((1−δ−FPR)/FNR), log((1−δ−FNR)/FPR)), floored at 0."""
+    eps = 0.0
+    for a, b in ((fpr_high, fnr_high), (fnr_high, fpr_high)):
+        if b > 0 and 1 - delta - a > 0:
+            eps = max(eps, math.log((1 - delta - a) / b))
+    return eps
+
+
+def eps_lower_bound(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    threshold: float,
+    *,
+    delta: float = 1e-5,
+    confidence: float = 0.95,
+) -> float:
+    """ε lower bound of the rule "member iff score >= threshold" (Jagielski et al. 2020).
+
+    FPR and FNR are replaced by their Clopper–Pearson upper bounds, so the bound holds
+    with the given confidence when the threshold was chosen on other data.
+    """
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    fp = int((neg >= threshold).sum())
+    fn = int((pos < threshold).sum())
+    fpr_high = clopper_pearson(fp, neg.size, confidence)[1]
+    fnr_high = clopper_pearson(fn, pos.size, confidence)[1]
+    return epsilon_from_rates(fpr_high, fnr_high, delta)
+
+
+def eps_threshold(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    *,
+    delta: float = 1e-5,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """(threshold, ε bound) of the ROC threshold with the largest ε bound on these scores.
+
+    Choose the threshold on calibration scores, then evaluate it with ``eps_lower_bound`` on
+    disjoint scores: the maximum over thresholds on the same data would be optimistic.
+    """
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    fpr, tpr, thresholds = roc_curve(pos, neg)
+
+    # Clopper–Pearson upper bounds of FPR and FNR at every ROC threshold at once.
+    a = 1 - confidence
+    fp = np.round(fpr * neg.size)
+    fn = np.round((1 - tpr) * pos.size)
+    fpr_high = np.where(fp < neg.size, _st.beta.ppf(1 - a / 2, fp + 1, neg.size - fp), 1.0)
+    fnr_high = np.where(fn < pos.size, _st.beta.ppf(1 - a / 2, fn + 1, pos.size - fn), 1.0)
+    eps = np.array([epsilon_from_rates(f, g, delta) for f, g in zip(fpr_high, fnr_high)])
+    i = int(np.argmax(eps))
+    return float(thresholds[i]), float(eps[i])
