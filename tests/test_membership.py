@@ -1,0 +1,118 @@
+"""Membership attacks (loss_mia, secmi, pia): null behaviour, a memorising oracle, plumbing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from leakbench.api import AuditTarget
+from leakbench.membership import ddim_step, membership_split, timestep_grid
+
+ATTACKS = ["loss_mia", "secmi", "pia"]
+METRICS = ["z", "p_value", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "eps_lower_bound"]
+
+
+def attack(name: str, **params):
+    from leakbench.registry import ATTACKS as REGISTRY
+
+    cls = REGISTRY.get(name)
+    return cls(cls.Params(**params))
+
+
+def oracle_denoiser(members: torch.Tensor, schedule):
+    """The exact ε-predictor of the empirical member distribution: a perfect memoriser.
+
+    E[x₀ | x_t] is the softmax-weighted mean of the members under
+    x_t ~ N(√ᾱ_t x_i, (1−ᾱ_t) I), and ε̂ = (x_t − √ᾱ_t E[x₀ | x_t]) / √(1−ᾱ_t).
+    """
+    flat = members.flatten(1).double()
+
+    def predict(x_t, t):
+        a = schedule.alpha_bar[t.cpu()].double().view(-1, 1)
+        x = x_t.flatten(1).double()
+        # ‖x_t − √ᾱ_t x_i‖² for every (query, member) pair.
+        d2 = (x**2).sum(1, keepdim=True) - 2 * a.sqrt() * x @ flat.T + a * (flat**2).sum(1)
+        logits = -d2 / (2 * (1 - a))
+        x0 = torch.softmax(logits, dim=1) @ flat
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps.float().view_as(x_t)
+
+    return predict
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_memorising_oracle_is_detected(smoke_ctx, name):
+    splits = smoke_ctx.splits
+    target = AuditTarget(key="oracle", model=oracle_denoiser(splits.members, smoke_ctx.schedule),
+                         schedule=smoke_ctx.schedule, splits=splits, ctx=smoke_ctx)
+    finding = attack(name, n_bootstrap=200).run(target, smoke_ctx)
+    print(name, {m.name: round(m.value, 4) for m in finding.metrics})
+    assert set(METRICS) <= {m.name for m in finding.metrics}
+    assert finding.value("auc") > 0.9
+    assert finding.value("p_value") < 0.01
+    assert finding.value("eps_lower_bound") > 0.5
+    assert finding.value("tpr_at_1pct_fpr") > 0.5
+    for m in finding.metrics:
+        assert np.isfinite(m.value)
+        if m.ci_low is not None:
+            assert m.ci_low <= m.value <= m.ci_high
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_members_equal_holdout_gives_chance_auc(tmp_path, name):
+    """A trained (smoke) model whose holdout IS its member set: nothing to tell apart."""
+    from leakbench.harness import Harness
+
+    harness = Harness.create(profile="smoke", seed=0, cache_dir=tmp_path / "cache",
+                             results=tmp_path / "results", progress=False)
+    dataset = "digits[members=800,canary=false]"
+    built = harness.target(dataset, "ddim").target
+    ctx = harness.context(dataset)
+    same = dataclasses.replace(built.splits, holdout=built.splits.members)
+    target = AuditTarget(key=built.key + "-same", model=built._model, schedule=built.schedule,
+                         splits=same, ctx=ctx)
+    fast = {"secmi": {"t": 10}}.get(name, {})  # one t: the inversion path is the cost
+    finding = attack(name, n_bootstrap=0, **fast).run(target, ctx)
+    print(name, {m.name: round(m.value, 4) for m in finding.metrics})
+    assert 0.45 <= finding.value("auc") <= 0.55
+    assert finding.info["n_members_scored"] == 600
+
+
+def test_calibration_split_is_disjoint_and_balanced():
+    s = membership_split(128, 1920, calibration_fraction=0.25, seed=3)
+    assert len(s.calib_members) == len(s.calib_holdout) == 32
+    assert len(s.eval_members) == len(s.eval_holdout) == 96
+    assert not set(s.calib_members) & set(s.eval_members)
+    assert not set(s.calib_holdout) & set(s.eval_holdout)
+    again = membership_split(128, 1920, calibration_fraction=0.25, seed=3)
+    np.testing.assert_array_equal(s.eval_holdout, again.eval_holdout)
+
+
+def test_ddim_round_trip_is_exact_for_an_x_independent_predictor(smoke_ctx):
+    # With ε̂ independent of x, inversion t → s and denoising s → t are exact inverses.
+    eps = torch.randn(1, 1, 8, 8)
+    schedule = smoke_ctx.schedule
+    x = torch.randn(5, 1, 8, 8)
+    up = ddim_step(lambda x_t, t: eps.expand_as(x_t), x, 10, 20, schedule)
+    back = ddim_step(lambda x_t, t: eps.expand_as(x_t), up, 20, 10, schedule)
+    torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-5)
+
+
+def test_timestep_grid_respects_interval_and_range():
+    grid = timestep_grid(1000, 8, low=0.01, high=0.3, multiple_of=10)
+    assert grid == sorted(grid) and all(t % 10 == 0 for t in grid)
+    assert grid[0] == 10 and grid[-1] == 300
+    assert all(0 <= t < 100 for t in timestep_grid(100, 8))
+
+
+def test_same_seed_same_numbers(smoke_ctx):
+    splits = smoke_ctx.splits
+    target = AuditTarget(key="oracle", model=oracle_denoiser(splits.members, smoke_ctx.schedule),
+                         schedule=smoke_ctx.schedule, splits=splits, ctx=smoke_ctx)
+    a = attack("loss_mia", n_bootstrap=50).run(target, smoke_ctx)
+    b = attack("loss_mia", n_bootstrap=50).run(target, smoke_ctx)
+    assert [(m.name, m.value, m.ci_low) for m in a.metrics] == \
+        [(m.name, m.value, m.ci_low) for m in b.metrics]
