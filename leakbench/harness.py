@@ -123,7 +123,7 @@ class Harness:
         attack: Attack = resolve_plugin(ATTACKS, attack_spec)
         ctx = self.context(dataset)
         t0 = time.perf_counter()
-        finding = attack.run(built.target, ctx)
+        finding = self.attack_finding(built, attack, ctx)
         seconds = time.perf_counter() - t0
         self.store.record(
             self.run, dataset=dataset, defense=defense_spec,
@@ -132,6 +132,26 @@ class Harness:
         )
         self.cells.append({"dataset": dataset, "defense": defense_spec, "attack": attack_spec,
                            "seconds": seconds})
+        return finding
+
+    def attack_finding(self, built: BuiltTarget, attack: Attack, ctx: RunContext) -> Finding:
+        """``attack.run`` on the target, cached: same target, attack, params and seed ⇒ same finding.
+
+        The target's sampling figures travel with the cached finding, so a warm rerun
+        reports the same defense costs without drawing samples again.
+        """
+        spec = {"target": built.target.key, "attack": attack.name, "version": attack.version,
+                "params": params_dict(attack.params), "profile": self.profile.to_dict(),
+                "seed": self.seed}
+
+        def build():
+            return finding_to_payload(attack.run(built.target, ctx), built.target.sample_info)
+
+        payload = self.cache.get_or_build("finding", spec, build,
+                                          label=f"{attack.name} on {built.defense.name}")
+        finding, sample_info = finding_from_payload(payload)
+        for k, v in sample_info.items():
+            built.target.sample_info.setdefault(k, v)
         return finding
 
     def finish(self) -> None:
@@ -153,3 +173,45 @@ class Harness:
             defense_params=params_dict(built.defense.params), attack="defense",
             attack_params={}, finding=Finding(metrics, info=dict(built.target.info)),
         )
+
+
+def finding_to_payload(finding: Finding, sample_info: dict) -> dict[str, Any]:
+    """A Finding as a cache payload: JSON for the metrics and info, tensors for the arrays."""
+    import dataclasses
+    import json
+
+    import numpy as np
+    import torch
+
+    doc = {
+        "metrics": [dataclasses.asdict(m) for m in finding.metrics],
+        "info": finding.info,
+        "headline": finding.headline,
+        "sample_info": [[n, seed, info] for (n, seed), info in sample_info.items()],
+    }
+    return {
+        "json": json.dumps(doc, sort_keys=True, default=_json_default),
+        "arrays": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in finding.arrays.items()},
+    }
+
+
+def finding_from_payload(payload: dict[str, Any]) -> tuple[Finding, dict]:
+    import json
+
+    from leakbench.api import Metric
+
+    doc = json.loads(payload["json"])
+    metrics = [Metric(**{**m, "bounds": tuple(m["bounds"])}) for m in doc["metrics"]]
+    arrays = {k: v.numpy() for k, v in payload["arrays"].items()}
+    sample_info = {(n, seed): info for n, seed, info in doc["sample_info"]}
+    return Finding(metrics, arrays=arrays, info=doc["info"], headline=doc["headline"]), sample_info
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
