@@ -141,8 +141,8 @@ class Harness:
         reports the same defense costs without drawing samples again.
         """
         spec = {"target": built.target.key, "attack": attack.name, "version": attack.version,
-                "params": params_dict(attack.params), "profile": self.profile.to_dict(),
-                "seed": self.seed}
+                "code": source_hash(type(attack)), "params": params_dict(attack.params),
+                "profile": self.profile.to_dict(), "seed": self.seed}
 
         def build():
             return finding_to_payload(attack.run(built.target, ctx), built.target.sample_info)
@@ -173,6 +173,17 @@ class Harness:
             defense_params=params_dict(built.defense.params), attack="defense",
             attack_params={}, finding=Finding(metrics, info=dict(built.target.info)),
         )
+
+
+def source_hash(cls: type) -> str:
+    """SHA-256 of the module that defines ``cls``: an edited attack never reuses old findings."""
+    import hashlib
+    import inspect
+
+    try:
+        return hashlib.sha256(inspect.getsource(inspect.getmodule(cls)).encode()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return "unknown"
 
 
 def finding_to_payload(finding: Finding, sample_info: dict) -> dict[str, Any]:
