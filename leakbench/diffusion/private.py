@@ -156,6 +156,7 @@ def train_private_denoiser(
             poisson_sampling=True,
             noise_generator=torch.Generator().manual_seed(int(seed) + 1),
         )
+        calibration_seconds = time.perf_counter() - t0
         physical = max_physical_batch_size or 2 * batch_size
 
         done, losses = 0, []
@@ -183,6 +184,7 @@ def train_private_denoiser(
     tail = losses[-max(1, len(losses) // 10):]
     stats = {
         "train_seconds": time.perf_counter() - t0,
+        "calibration_seconds": calibration_seconds,  # σ's search, included in train_seconds
         "train_steps": steps,
         "final_loss": sum(tail) / len(tail) if tail else float("nan"),
         "epsilon": float(engine.get_epsilon(target_delta)),
