@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from leakbench.api import Attack, AuditTarget, Finding, Metric
-from leakbench.features.extractors import get_extractor
-from leakbench.features.index import calibrate_threshold, nearest_member_similarity
-from leakbench.stats import fraction_above, wilson_interval
+from leakbench.features.calibration import replication_calibration
+from leakbench.stats import fraction_above, two_proportion_test, wilson_interval
 
 PAPER_THRESHOLDS = (0.90, 0.95, 0.97)
 
@@ -34,13 +33,6 @@ class ReplicationParams:
             raise ValueError(f"n_samples={self.n_samples} must be at least 1")
 
 
-def split_holdout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (calibration, evaluation) halves of the holdout indices, seeded."""
-    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
-    half = n // 2
-    return np.sort(perm[:half]), np.sort(perm[half:])
-
-
 class Replication(Attack):
     """Fraction of samples closer to a member than fresh real images come."""
 
@@ -51,27 +43,21 @@ class Replication(Attack):
     description = ("fraction of samples whose nearest member (cosine, FAISS) exceeds the holdout-"
                    "calibrated threshold, plus the paper's fixed thresholds")
     paper = "Jiang et al., CPSample (paper 001), Sec. 4.1, Table 1"
+    reference_defense = "ddim"
 
     def run(self, target: AuditTarget, ctx) -> Finding:
         p = self.params
-        quantile = p.quantile if p.quantile is not None else ctx.profile.holdout_quantile
         n = p.n_samples or ctx.profile.n_samples
-        extract = get_extractor(p.feature, ctx)
         splits = target.splits
 
-        # Embed members, holdout and samples in the same feature space.
-        members = extract(splits.members)
-        holdout = extract(splits.holdout)
-        samples = target.sample(n)
-        sample_feats = extract(samples)
-
         # Calibrate the threshold on one half of the holdout, measure on the other.
-        calib, evaluate = split_holdout(len(holdout), ctx.seed)
-        holdout_sims, _ = nearest_member_similarity(holdout, members)
-        threshold = calibrate_threshold(holdout_sims[calib], quantile)
+        cal = replication_calibration(ctx, splits, p.feature, p.quantile)
+        quantile, threshold = cal.quantile, cal.threshold
+        calib, evaluate, holdout_sims = cal.calib_idx, cal.eval_idx, cal.holdout_sims
 
-        # Count samples above it.
-        sims, nn_idx = nearest_member_similarity(sample_feats, members)
+        # Count samples whose nearest member (same feature space) is above it.
+        samples = target.sample(n)
+        sims, nn_idx = cal.nearest(samples)
         frac, k, n_s = fraction_above(sims, threshold)
         h_frac, h_k, h_n = fraction_above(holdout_sims[evaluate], threshold)
         metrics = [
@@ -101,3 +87,16 @@ class Replication(Attack):
         info = {"feature": p.feature, "quantile": quantile, "k_above": k,
                 "holdout_k_above": h_k}
         return Finding(metrics, arrays=arrays, info=info, headline="frac_above")
+
+    def compare(self, finding: Finding, reference: Finding) -> list[Metric]:
+        """``chi2_p``: one-sided χ² test against the undefended reference (paper 001, Table 1).
+
+        H0: this defense did not reduce the fraction of samples above the calibrated
+        threshold; a small p says it did.
+        """
+        k, n = finding.info["k_above"], finding["frac_above"].n
+        k_ref, n_ref = reference.info["k_above"], reference["frac_above"].n
+        chi2, p = two_proportion_test(k, n, k_ref, n_ref)
+        return [Metric("chi2_p", p, p_value=p, n=n, direction="lower", bounds=(0.0, 1.0),
+                       description=f"one-sided χ² = {chi2:.2f} of {k}/{n} against the reference's "
+                                   f"{k_ref}/{n_ref} above the threshold")]

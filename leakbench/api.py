@@ -202,6 +202,13 @@ class Attack(Plugin):
     """How an auditor tries to get training data back out of an ``AuditTarget``."""
 
     access: ClassVar[Access] = "black-box"
+    reference_defense: ClassVar[str | None] = None
+    """A defense spec to compare against: the harness also runs this attack on that
+    defense's target (same dataset, profile and seed) and appends ``compare``'s metrics."""
 
     @abstractmethod
     def run(self, target: AuditTarget, ctx: RunContext) -> Finding: ...
+
+    def compare(self, finding: Finding, reference: Finding) -> list[Metric]:
+        """Metrics of ``finding`` relative to the same attack's finding on the reference."""
+        return []

@@ -62,6 +62,7 @@ class BuiltTarget:
     defense: Defense
     target: AuditTarget
     figures_recorded: bool = False
+    reference_only: bool = False  # built only as an attack's reference: no figures of its own
 
 
 @dataclass
@@ -104,9 +105,12 @@ class Harness:
             )
         return self._contexts[dataset]
 
-    def target(self, dataset: str, defense_spec: str) -> BuiltTarget:
+    def target(self, dataset: str, defense_spec: str, *, reference_only: bool = False
+               ) -> BuiltTarget:
         """Train (or load) and wrap the defense's target on ``dataset``; memoised per session."""
         key = (dataset, defense_spec)
+        if key in self._targets and not reference_only:
+            self._targets[key].reference_only = False
         if key not in self._targets:
             ctx = self.context(dataset)
             defense: Defense = resolve_plugin(DEFENSES, defense_spec)
@@ -114,7 +118,7 @@ class Harness:
             artifacts = defense.train(ctx)
             target = defense.wrap(artifacts, ctx)
             target.info.setdefault("setup_seconds", time.perf_counter() - t0)
-            self._targets[key] = BuiltTarget(defense, target)
+            self._targets[key] = BuiltTarget(defense, target, reference_only=reference_only)
         return self._targets[key]
 
     def run_cell(self, dataset: str, defense_spec: str, attack_spec: str) -> Finding:
@@ -124,6 +128,7 @@ class Harness:
         ctx = self.context(dataset)
         t0 = time.perf_counter()
         finding = self.attack_finding(built, attack, ctx)
+        finding.metrics.extend(self.reference_metrics(dataset, built, attack, ctx, finding))
         seconds = time.perf_counter() - t0
         self.store.record(
             self.run, dataset=dataset, defense=defense_spec,
@@ -154,6 +159,21 @@ class Harness:
             built.target.sample_info.setdefault(k, v)
         return finding
 
+    def reference_metrics(self, dataset: str, built: BuiltTarget, attack: Attack,
+                          ctx: RunContext, finding: Finding) -> list:
+        """``attack.compare`` against the same attack on its reference defense's target.
+
+        The reference target and finding come from the cache when they were built
+        before; on the reference target itself there is nothing to compare (no metrics).
+        """
+        if attack.reference_defense is None:
+            return []
+        ref_spec = expand([attack.reference_defense], DEFENSES)[0]
+        ref = self.target(dataset, ref_spec, reference_only=True)
+        if ref.target.key == built.target.key:
+            return []
+        return attack.compare(finding, self.attack_finding(ref, attack, ctx))
+
     def finish(self) -> None:
         """Store every built target's defense figures (idempotent)."""
         for dataset, defense_spec in list(self._targets):
@@ -162,7 +182,7 @@ class Harness:
     def record_defense_figures(self, dataset: str, defense_spec: str) -> None:
         """Store the defense's own figures (costs) once per target, under attack ``defense``."""
         built = self._targets[(dataset, defense_spec)]
-        if built.figures_recorded:
+        if built.figures_recorded or built.reference_only:
             return
         metrics = built.defense.figures(built.target)
         if not metrics:
