@@ -5,6 +5,7 @@ Both the pytest benchmark suite and the ``leakbench`` CLI drive this one class.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -196,14 +197,31 @@ class Harness:
 
 
 def source_hash(cls: type) -> str:
-    """SHA-256 of the module that defines ``cls``: an edited attack never reuses old findings."""
+    """SHA-256 of the framework's sources and of the module that defines ``cls``.
+
+    An edit to the attack or to any ``leakbench`` code it may call never reuses old findings.
+    """
     import hashlib
     import inspect
 
+    h = hashlib.sha256(_framework_hash().encode())
     try:
-        return hashlib.sha256(inspect.getsource(inspect.getmodule(cls)).encode()).hexdigest()[:16]
+        h.update(inspect.getsource(inspect.getmodule(cls)).encode())
     except (OSError, TypeError):
-        return "unknown"
+        h.update(cls.__qualname__.encode())
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def _framework_hash() -> str:
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def finding_to_payload(finding: Finding, sample_info: dict) -> dict[str, Any]:
