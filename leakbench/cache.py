@@ -9,7 +9,9 @@ match is rebuilt, never used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -145,3 +147,27 @@ class ArtifactCache:
         done = "rebuilt (corrupt entry)" if status == "corrupt" else "built"
         self.events.append(CacheEvent(kind, key, label, done, time.perf_counter() - t0))
         return payload
+
+
+def source_hash(cls: type) -> str:
+    """SHA-256 of the framework's sources and of the module that defines ``cls``.
+
+    Part of the keys of targets (hence samples) and findings: an edited defense or
+    attack, or edited ``leakbench`` code they call, never reuses old results.  Trained
+    models are keyed by their training inputs instead (retraining is expensive).
+    """
+    h = hashlib.sha256(_framework_hash().encode())
+    try:
+        h.update(inspect.getsource(inspect.getmodule(cls)).encode())
+    except (OSError, TypeError):
+        h.update(cls.__qualname__.encode())
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def _framework_hash() -> str:
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -93,10 +93,11 @@ class RunContext:
 
     def target_key(self, defense, **extra: Any) -> str:
         """Cache key of a defended target: training inputs, profile, defense and its params."""
-        from leakbench.cache import content_key
+        from leakbench.cache import content_key, source_hash
         from leakbench.specs import params_dict
 
         return content_key("target", {
+            "code": source_hash(type(defense)),
             "training": self.training_spec(),
             "profile": self.profile.to_dict(),
             "defense": defense.name,

@@ -5,14 +5,13 @@ Both the pytest benchmark suite and the ``leakbench`` CLI drive this one class.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from leakbench.api import Attack, AuditTarget, Defense, Finding
-from leakbench.cache import ArtifactCache
+from leakbench.cache import ArtifactCache, source_hash
 from leakbench.config import Profile, get_profile
 from leakbench.context import RunContext, resolve_device
 from leakbench.registry import ATTACKS, DEFENSES
@@ -194,34 +193,6 @@ class Harness:
             defense_params=params_dict(built.defense.params), attack="defense",
             attack_params={}, finding=Finding(metrics, info=dict(built.target.info)),
         )
-
-
-def source_hash(cls: type) -> str:
-    """SHA-256 of the framework's sources and of the module that defines ``cls``.
-
-    An edit to the attack or to any ``leakbench`` code it may call never reuses old findings.
-    """
-    import hashlib
-    import inspect
-
-    h = hashlib.sha256(_framework_hash().encode())
-    try:
-        h.update(inspect.getsource(inspect.getmodule(cls)).encode())
-    except (OSError, TypeError):
-        h.update(cls.__qualname__.encode())
-    return h.hexdigest()[:16]
-
-
-@functools.cache
-def _framework_hash() -> str:
-    import hashlib
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 def finding_to_payload(finding: Finding, sample_info: dict) -> dict[str, Any]:
