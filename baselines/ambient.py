@@ -30,6 +30,11 @@ class Ambient(Defense):
     wrapper with one fixed mask per image.  ``predict_noise`` draws its masks from one
     seeded stream on every call (row i of a batch gets mask i), so it is a
     deterministic function of (x_t, t).
+
+    Each member's fixed mask A is a fingerprint: at small member counts the network
+    learns mask → member, so with a member's own mask it reconstructs that member
+    even from pure noise.  The masks are never released (they come from a seeded
+    stream of their own); samples and ``predict_noise`` use fresh masks.
     """
 
     name = "ambient"
