@@ -17,7 +17,12 @@ CLASSIFIER_VERSION = "1"  # bump when the classifier or its training loop change
 
 @dataclass(frozen=True)
 class CPSampleParams:
-    alpha: float = 0.5  # tolerance α: guide when p_φ(y | x_t, t) < α for one label
+    # Defaults from the α × s sweep at the default profile (digits, seed 0): the least
+    # aggressive setting that cut DDIM's frac_above at least 5× (65.3% -> 3.3%, χ² p < 1e-180)
+    # while keeping samples about as close to the members as fresh real images come
+    # (median nearest-member cosine 0.90 vs the holdout's 0.93); α = 0.5, s = 100 reached
+    # 0% but moved samples far off (median 0.75).
+    alpha: float = 0.25  # tolerance α: guide when p_φ(y | x_t, t) < α for one label
     scale: float = 100.0  # guidance scale s
     classifier_width: int = 16  # base channels of p_φ (the U-Net's multipliers at this base)
 
