@@ -1,0 +1,149 @@
+"""Fingerprint (SAF) classifiers: the circle, the augmentations and the ResNet training loop.
+
+Paper 003 (Sec. 3.3–3.4, Appendix A) trains two randomly initialised ResNets: C_SAF,
+which detects the synthetic anatomical fingerprint (a filled circle of one grey
+level), and C_ID, a one-vs-all classifier that recognises the private image x_p.
+Both are trained on the population with augmentation and Gaussian noise so they
+survive diffusion artefacts.  Images here are (N, C, H, W) tensors in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def resnet18_small(in_channels: int) -> torch.nn.Module:
+    """Randomly initialised torchvision ResNet-18 for tiny images (3×3 stride-1 stem, no pool).
+
+    Grey images are repeated to three channels inside the model.
+    """
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None, num_classes=2)
+    net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = torch.nn.Identity()
+    return _ToRGB(net) if in_channels == 1 else net
+
+
+class _ToRGB(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.expand(-1, 3, -1, -1))
+
+
+def circle_masks(size: int, centers: torch.Tensor, radius: int) -> torch.Tensor:
+    """Boolean (N, 1, H, W) masks of filled circles (y − cy)² + (x − cx)² ≤ r², centers (N, 2)."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    cy = centers[:, 0].view(-1, 1, 1)
+    cx = centers[:, 1].view(-1, 1, 1)
+    return (((yy - cy) ** 2 + (xx - cx) ** 2) <= radius**2).unsqueeze(1)
+
+
+def random_centers(n: int, size: int, radius: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2) circle centers with the whole circle inside a size × size image."""
+    return torch.randint(radius, size - radius, (n, 2), generator=gen)
+
+
+def add_circles(x: torch.Tensor, which: torch.Tensor, radius: int, grey: float,
+                gen: torch.Generator) -> torch.Tensor:
+    """Paint a circle of ``grey`` (in [0, 1]) at a random inside position on images ``which``."""
+    masks = circle_masks(x.shape[-1], random_centers(len(x), x.shape[-1], radius, gen), radius)
+    masks = masks & which.view(-1, 1, 1, 1)
+    return torch.where(masks, torch.full_like(x, grey * 2.0 - 1.0), x)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, *, max_shift: int, noise_std: float,
+            flip: bool) -> torch.Tensor:
+    """Light augmentation: random shifts (reflect-padded crops), optional flips, Gaussian noise."""
+    n, _, h, w = x.shape
+
+    # Shift each image by up to max_shift pixels: pad, then crop at a random offset.
+    if max_shift > 0:
+        padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+        dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+        dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+    # Flip half of the images left–right.
+    if flip:
+        flips = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+
+    # Add Gaussian noise of a random strength up to noise_std, as diffusion artefacts would.
+    if noise_std > 0:
+        std = noise_std * torch.rand(n, 1, 1, 1, generator=gen)
+        x = x + std * torch.randn(x.shape, generator=gen)
+    return x.clamp(-1, 1)
+
+
+Batch = Callable[[int, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
+"""``make_batch(batch_size, gen) -> (images, labels)``: one freshly augmented training batch."""
+
+
+def train_classifier(model: torch.nn.Module, make_batch: Batch, *, steps: int, batch_size: int,
+                     learning_rate: float, seed: int, device: str = "cpu",
+                     progress: bool = True, desc: str = "training classifier") -> torch.nn.Module:
+    """Adam on the cross-entropy of freshly generated batches; returns the model in eval mode."""
+    gen = torch.Generator().manual_seed(int(seed))
+    model = model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        x, y = make_batch(batch_size, gen)
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def positive_prob(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 500,
+                  device: str = "cpu") -> np.ndarray:
+    """P(class 1 | x) for every image, as a float64 array."""
+    model.eval()
+    out = [F.softmax(model(x[i:i + batch_size].to(device)), dim=1)[:, 1].cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A classifier's validation accuracy and false-positive rate (negatives called positive)."""
+
+    accuracy: float
+    fpr: float
+    n: int
+    n_negative: int
+
+
+def validate(fires: np.ndarray, labels: np.ndarray) -> Validation:
+    """Accuracy and false-positive rate of boolean decisions against 0/1 labels."""
+    fires = np.asarray(fires, dtype=bool)
+    labels = np.asarray(labels, dtype=bool)
+    neg = ~labels
+    return Validation(accuracy=float((fires == labels).mean()),
+                      fpr=float(fires[neg].mean()) if neg.any() else 0.0,
+                      n=int(labels.size), n_negative=int(neg.sum()))
+
+
+def upper_darboux(t: np.ndarray, p: np.ndarray) -> float:
+    """Upper Darboux sum of p over the grid t, normalised to [0, 1] (paper 003, Sec. 3.3).
+
+    Σ_i max(p_i, p_{i+1}) · (t_{i+1} − t_i) / (t_max − t_min): the integral of p over
+    the diffusion time bounded from above with the grid's values.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if t.size < 2 or t[-1] == t[0]:
+        return float(p.max()) if p.size else 0.0
+    heights = np.maximum(p[:-1], p[1:])
+    return float((heights * np.diff(t)).sum() / (t[-1] - t[0]))

@@ -1,0 +1,127 @@
+"""SAF fingerprint extraction: the canary, the classifiers, the statistics and an end-to-end run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from leakbench import fingerprint as fp
+from leakbench.data.splits import canary_radius, circle_mask
+
+
+def test_canary_circle_inside_exact_grey_and_radius_and_clean_original_absent(smoke_ctx):
+    splits = smoke_ctx.splits
+    c = splits.canary
+    size = splits.image_shape[-1]
+    cy, cx = c["center"]
+    r = c["radius"]
+
+    # The manifest records the canary, and the circle lies entirely inside the image.
+    assert set(c) >= {"member_position", "source_index", "center", "radius", "grey"}
+    assert splits.manifest["canary"] == c
+    assert c["source_index"] == splits.manifest["members"][c["member_position"]]
+    assert r == canary_radius(size) and r >= 2
+    assert r <= cy <= size - 1 - r and r <= cx <= size - 1 - r
+
+    # x_SAF carries exactly the grey level on the circle and equals x_p elsewhere.
+    mask = torch.from_numpy(circle_mask(size, (cy, cx), r))
+    x_saf = splits.members[c["member_position"]]
+    x_p = splits.extras["canary_clean"]
+    assert int(mask.sum()) == sum(1 for y in range(size) for x in range(size)
+                                  if (y - cy) ** 2 + (x - cx) ** 2 <= r * r)
+    assert torch.all(x_saf[:, mask] == c["grey"] * 2 - 1)
+    assert torch.equal(x_saf[:, ~mask], x_p[:, ~mask])
+    assert not torch.equal(x_saf, x_p)
+
+    # The clean original is not among the training members.
+    diffs = (splits.members - x_p.unsqueeze(0)).abs().flatten(1).amax(1)
+    assert float(diffs.min()) > 0
+
+
+def test_add_circles_paints_only_chosen_images_fully_inside():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((50, 1, 12, 12), -1.0)
+    which = torch.arange(50) % 2 == 0
+    out = fp.add_circles(x, which, 3, 0.5, gen)
+    painted = (out == 0.0).flatten(1).sum(1)
+    full = int(circle_mask(12, (6, 6), 3).sum())
+    assert torch.all(painted[which] == full)  # whole circle inside: no pixel clipped
+    assert torch.all(painted[~which] == 0)
+
+
+def test_classifier_separates_constructed_positives_from_negatives():
+    gen = torch.Generator().manual_seed(1)
+    base = torch.rand(256, 1, 8, 8, generator=gen) * 0.6 - 1.0  # dark textured images
+
+    def batch(b, g):
+        x = base[torch.randint(len(base), (b,), generator=g)]
+        y = torch.rand(b, generator=g) < 0.5
+        return fp.add_circles(fp.augment(x, g, max_shift=1, noise_std=0.1, flip=True),
+                              y, 2, 0.5, g), y.long()
+
+    torch.manual_seed(0)
+    model = fp.train_classifier(fp.resnet18_small(1), batch, steps=40, batch_size=32,
+                                learning_rate=1e-3, seed=0, progress=False)
+    x, y = batch(200, torch.Generator().manual_seed(99))
+    v = fp.validate(fp.positive_prob(model, x) > 0.5, y.numpy())
+    assert v.accuracy >= 0.9 and v.fpr <= 0.1
+
+
+def test_upper_darboux_on_hand_made_curves():
+    assert fp.upper_darboux(np.array([0, 1, 3]), np.array([1.0, 0.5, 0.0])) == pytest.approx(2 / 3)
+    assert fp.upper_darboux(np.array([0, 10]), np.array([0.0, 0.0])) == 0.0
+    assert fp.upper_darboux(np.array([0, 5, 10]), np.array([1.0, 1.0, 1.0])) == 1.0
+    # A single spike at the last point covers only the last interval.
+    assert fp.upper_darboux(np.array([0, 2, 4, 8]), np.array([0, 0, 0, 1.0])) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("k,n", [(0, 1000), (3, 1000), (17, 200), (50, 50)])
+def test_clopper_pearson_and_binomial_test_agree_with_statsmodels_and_scipy(k, n):
+    from scipy.stats import binom
+    from statsmodels.stats.proportion import proportion_confint
+
+    from audits.saf import _binom_less
+    from leakbench.stats import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n)
+    ref_lo, ref_hi = proportion_confint(k, n, alpha=0.05, method="beta")
+    assert lo == pytest.approx(ref_lo, abs=1e-10) and hi == pytest.approx(ref_hi, abs=1e-10)
+    assert _binom_less(k, n, 1 / 128) == pytest.approx(binom.cdf(k, n, 1 / 128), rel=1e-9)
+
+
+def test_saf_refuses_a_dataset_without_canary(smoke_harness):
+    from leakbench.errors import DataError
+
+    with pytest.raises(DataError, match="canary is off"):
+        smoke_harness.run_cell("digits[canary=false]", "ddim", "saf")
+
+
+def _fake_medmnist(root, flag: str, channels: int, n: int = 300) -> None:
+    rng = np.random.default_rng(0)
+    shape = (28, 28) if channels == 1 else (28, 28, 3)
+    arrays = {}
+    for split, m in (("train", n), ("val", 20), ("test", 20)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (m, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (m, 1), dtype=np.uint8)
+    np.savez(root / f"{flag}.npz", **arrays)
+
+
+@pytest.mark.parametrize("flag,channels", [("pathmnist", 3), ("pneumoniamnist", 1)])
+def test_saf_end_to_end_on_medmnist(tmp_path, flag, channels):
+    from leakbench.harness import Harness
+
+    _fake_medmnist(tmp_path, flag, channels)
+    h = Harness.create(profile="smoke", cache_dir=tmp_path / "cache", results=tmp_path / "res",
+                       data_root=tmp_path, progress=False)
+    # A bar of 0 makes the smoke classifiers report the full set of metrics.
+    f = h.run_cell(f"medmnist:{flag}", "ddim", "saf[accuracy_bar=0.0,reverse_draws=4]")
+    assert h.context(f"medmnist:{flag}").splits.channels == channels
+    for name in ("detector_val_acc", "detector_fpr", "id_val_acc", "id_fpr"):
+        assert 0.0 <= f.value(name) <= 1.0
+    n = f["p_reproduce"].n
+    assert f.value("p_reproduce") == f.info["k"] / n
+    assert f.value("ratio_to_memorization") == pytest.approx(f.value("p_reproduce") * 32)
+    assert 0.0 <= f.value("rho") <= 1.0 and 0.0 <= f.value("binom_p") <= 1.0
+    assert f.arrays["saf_t"].shape == f.arrays["saf_p"].shape
+    assert f.arrays["saf_t"][0] == 0 and f.arrays["saf_t"][-1] == 99
