@@ -148,7 +148,7 @@ class SAF(Attack):
             Metric("ratio_to_memorization", p_rep * d, lo * d, hi * d, n=n, direction="lower",
                    bounds=(0.0, None),
                    description=f"p_reproduce · |D| (|D| = {d}); 1 = samples members uniformly"),
-            Metric("binom_p", binom, p_value=binom, n=n, direction="higher", bounds=(0.0, 1.0),
+            Metric("binom_p", binom, p_value=binom, n=n, direction="lower", bounds=(0.0, 1.0),
                    description="one-sided binomial test of H0 p = 1/|D| against H1 p < 1/|D|"),
             Metric("false_positives", fp_count, n=len(val_holdout), direction=None,
                    bounds=(0.0, None),
