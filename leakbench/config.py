@@ -38,6 +38,8 @@ class Profile:
     classifier_loss_target: float = 0.05
     n_permutations: int = 100
     mia_noise_draws: int = 4
+    fid_n: int = 256  # samples (and real images) per FID; FID is biased at small n
+    domain_encoder_steps: int = 500  # training steps of the fd_domain encoder
     extras: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -70,6 +72,8 @@ PROFILES: dict[str, Profile] = {
         classifier_steps=20,
         n_permutations=20,
         mia_noise_draws=1,
+        fid_n=10,
+        domain_encoder_steps=50,
     ),
     # Minutes on a 2-core CPU; must show the papers' effects for real.
     "default": Profile(
@@ -116,6 +120,8 @@ PROFILES: dict[str, Profile] = {
         classifier_steps=20_000,
         n_permutations=1000,
         mia_noise_draws=8,
+        fid_n=10_000,
+        domain_encoder_steps=5000,
     ),
 }
 
