@@ -81,6 +81,25 @@ def _cmd_cells(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    """Build the static HTML report from one or more results stores."""
+    from leakbench.results import ResultsStore
+    from reports.site import build_site
+
+    stores = []
+    for folder in args.results or [None]:
+        store = ResultsStore(folder)
+        if not store.path.exists():
+            raise LeakbenchError(
+                f"No results store at {store.path}; run `pytest benchmarks/` first or pass "
+                "--results DIR."
+            )
+        stores.append(store)
+    index = build_site(stores, args.out)
+    print(index)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leakbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--defense", "--attack", "--dataset"):
         p_cells.add_argument(opt, action="append", default=None, help="as for pytest benchmarks/")
     p_cells.set_defaults(func=_cmd_cells)
+    p_rep = sub.add_parser("report", help="build the static HTML report (leaderboard, figures)")
+    p_rep.add_argument("--out", required=True, metavar="DIR", help="folder to write the site to")
+    p_rep.add_argument("--results", action="append", default=None,
+                       help="results folder (default ./leakbench-results); repeat to merge stores")
+    p_rep.set_defaults(func=_cmd_report)
     return p
 
 
