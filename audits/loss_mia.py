@@ -94,7 +94,7 @@ class LossMIA(Attack):
     Params = LossMIAParams
     description = ("per-image noise-prediction error at a calibrated t (Algorithm 1), members vs "
                    "holdout: one-sided Z test, ROC AUC, TPR at 1 % / 0.1 % FPR, empirical ε")
-    paper = "Jiang et al., CPSample (paper 001), Sec. 4.3, Algorithm 1; Matsumoto et al. 2023"
+    paper = "Kazdan et al., CPSample (paper 001), Sec. 4.3, Algorithm 1; Matsumoto et al. 2023"
 
     def run(self, target: AuditTarget, ctx) -> Finding:
         p = self.params

@@ -89,7 +89,7 @@ class Permutation(Attack):
     Params = PermutationParams
     description = ("Appendix E permutation test: max nearest-member similarity of samples vs the "
                    "same for random same-size subsets of the population")
-    paper = "Jiang et al., CPSample (paper 001), Appendix E, Table 6"
+    paper = "Kazdan et al., CPSample (paper 001), Appendix E, Table 6"
 
     def run(self, target: AuditTarget, ctx) -> Finding:
         p = self.params

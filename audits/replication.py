@@ -42,7 +42,7 @@ class Replication(Attack):
     Params = ReplicationParams
     description = ("fraction of samples whose nearest member (cosine, FAISS) exceeds the holdout-"
                    "calibrated threshold, plus the paper's fixed thresholds")
-    paper = "Jiang et al., CPSample (paper 001), Sec. 4.1, Table 1"
+    paper = "Kazdan et al., CPSample (paper 001), Sec. 4.1, Table 1"
     reference_defense = "ddim"
 
     def run(self, target: AuditTarget, ctx) -> Finding:

@@ -1,4 +1,4 @@
-"""CPSample: classifier-protected sampling (Jiang et al., paper 001, Sec. 3.1, Appendices C and D).
+"""CPSample: classifier-protected sampling (Kazdan et al., paper 001, Sec. 3.1, Appendices C and D).
 
 The shared plain denoiser, sampled with DDIM through a guidance wrapper: a
 classifier that memorised random binary labels of the members steers every image
@@ -45,7 +45,7 @@ class CPSample(Defense):
     Params = CPSampleParams
     description = ("CPSample: DDIM guided away from the members by a classifier that memorised "
                    "random labels (alpha = tolerance, scale = s, tau = 0.001)")
-    paper = "Jiang et al., CPSample: Classifier-Protected Sampling (paper 001)"
+    paper = "Kazdan et al., CPSample: Classifier-Protected Sampling (paper 001)"
 
     def classifier_spec(self, ctx) -> dict:
         """Everything that determines the classifier's weights (not α or s)."""

@@ -90,7 +90,7 @@ class Rejection(Defense):
     Params = RejectionParams
     description = ("rejection sampling: DDIM samples whose nearest member exceeds the replication "
                    "attack's calibrated threshold are redrawn (up to max_tries per image)")
-    paper = "Jiang et al., CPSample (paper 001), Sec. 3: the rejection-sampling baseline"
+    paper = "Kazdan et al., CPSample (paper 001), Sec. 3: the rejection-sampling baseline"
 
     def wrap(self, artifacts, ctx) -> AuditTarget:
         from leakbench.diffusion.sampling import sample_images
