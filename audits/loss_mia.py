@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from leakbench.api import Attack, AuditTarget, Finding
-from leakbench.membership import run_membership_attack, timestep_batch, timestep_grid
+from leakbench.membership import (
+    check_membership_params,
+    run_membership_attack,
+    timestep_batch,
+    timestep_grid,
+)
 
 
 @dataclass(frozen=True)
@@ -33,16 +38,9 @@ class LossMIAParams:
     def __post_init__(self):
         if self.t is not None and self.t < 0:
             raise ValueError(f"t={self.t} must be a timestep >= 0 (or None to calibrate it)")
-        if self.grid_size < 1:
-            raise ValueError(f"grid_size={self.grid_size} must be at least 1")
         if self.noise_draws is not None and self.noise_draws < 1:
             raise ValueError(f"noise_draws={self.noise_draws} must be at least 1")
-        if not 0.0 < self.calibration_fraction < 1.0:
-            raise ValueError(f"calibration_fraction={self.calibration_fraction} must be in (0, 1)")
-        if self.max_members is not None and self.max_members < 4:
-            raise ValueError(f"max_members={self.max_members} must be at least 4")
-        if self.n_bootstrap < 0:
-            raise ValueError(f"n_bootstrap={self.n_bootstrap} must be >= 0")
+        check_membership_params(self)
 
 
 def noise_errors(

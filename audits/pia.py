@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from leakbench.api import Attack, AuditTarget, Finding
-from leakbench.membership import run_membership_attack, timestep_batch, timestep_grid
+from leakbench.membership import (
+    check_membership_params,
+    run_membership_attack,
+    timestep_batch,
+    timestep_grid,
+)
 
 
 @dataclass(frozen=True)
@@ -39,14 +44,7 @@ class PIAParams:
             raise ValueError(f"t={self.t} must be a timestep >= 1 (or None to calibrate it)")
         if self.p < 1:
             raise ValueError(f"p={self.p} must be a norm order >= 1 (the paper uses 4)")
-        if self.grid_size < 1:
-            raise ValueError(f"grid_size={self.grid_size} must be at least 1")
-        if not 0.0 < self.calibration_fraction < 1.0:
-            raise ValueError(f"calibration_fraction={self.calibration_fraction} must be in (0, 1)")
-        if self.max_members is not None and self.max_members < 4:
-            raise ValueError(f"max_members={self.max_members} must be at least 4")
-        if self.n_bootstrap < 0:
-            raise ValueError(f"n_bootstrap={self.n_bootstrap} must be >= 0")
+        check_membership_params(self)
 
 
 def pia_distances(predict_noise, schedule, images: torch.Tensor, timesteps: list[int], *,

@@ -24,7 +24,12 @@ import numpy as np
 import torch
 
 from leakbench.api import Attack, AuditTarget, Finding
-from leakbench.membership import ddim_step, run_membership_attack, timestep_grid
+from leakbench.membership import (
+    check_membership_params,
+    ddim_step,
+    run_membership_attack,
+    timestep_grid,
+)
 
 
 @dataclass(frozen=True)
@@ -41,14 +46,7 @@ class SecMIParams:
             raise ValueError(f"t={self.t} must be a timestep >= 1 (or None to calibrate it)")
         if self.interval is not None and self.interval < 1:
             raise ValueError(f"interval={self.interval} must be at least 1")
-        if self.grid_size < 1:
-            raise ValueError(f"grid_size={self.grid_size} must be at least 1")
-        if not 0.0 < self.calibration_fraction < 1.0:
-            raise ValueError(f"calibration_fraction={self.calibration_fraction} must be in (0, 1)")
-        if self.max_members is not None and self.max_members < 4:
-            raise ValueError(f"max_members={self.max_members} must be at least 4")
-        if self.n_bootstrap < 0:
-            raise ValueError(f"n_bootstrap={self.n_bootstrap} must be >= 0")
+        check_membership_params(self)
 
 
 def t_errors(predict_noise, schedule, images: torch.Tensor, timesteps: list[int], *,

@@ -238,3 +238,15 @@ def run_membership_attack(
 
 def _role_seed(seed: int, role: str) -> int:
     return int(np.random.default_rng([int(seed), *role.encode()]).integers(2**62))
+
+
+def check_membership_params(params) -> None:
+    """Validation shared by the membership attacks' params dataclasses (raises ValueError)."""
+    if params.grid_size < 1:
+        raise ValueError(f"grid_size={params.grid_size} must be at least 1")
+    if not 0.0 < params.calibration_fraction < 1.0:
+        raise ValueError(f"calibration_fraction={params.calibration_fraction} must be in (0, 1)")
+    if params.max_members is not None and params.max_members < 4:
+        raise ValueError(f"max_members={params.max_members} must be at least 4")
+    if params.n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap={params.n_bootstrap} must be >= 0")
