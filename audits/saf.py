@@ -39,10 +39,12 @@ class SAFParams:
     learning_rate: float = 1e-3
     noise_std: float = 0.2  # largest Gaussian noise std added in training ([-1, 1] scale)
     max_shift: int = 1  # random shifts in pixels
+    max_blur: float = 0.8  # largest Gaussian blur sigma in pixels (diffusion smooths the circle)
+    augmix: bool = True  # AugMix on every training image (paper 003, App. A)
     accuracy_bar: float = 0.95  # below it no reproduction probability is reported
     threshold: float = 0.5  # a classifier fires when P(positive) exceeds it
     n_samples: int | None = None  # None: the profile's n_samples
-    grid_points: int | None = None  # None: extras, else 8 values of t over 0..T−1
+    grid_points: int | None = None  # None: extras, else 21 values of t over 0..T−1
     reverse_draws: int | None = None  # M per t; None: extras, else 16
 
     def __post_init__(self):
@@ -56,8 +58,9 @@ class SAFParams:
             raise ValueError(f"accuracy_bar={self.accuracy_bar} must be in [0, 1]")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold} must be in (0, 1)")
-        if self.learning_rate <= 0 or self.noise_std < 0 or self.max_shift < 0:
-            raise ValueError("learning_rate must be positive; noise_std and max_shift non-negative")
+        if self.learning_rate <= 0 or min(self.noise_std, self.max_shift, self.max_blur) < 0:
+            raise ValueError("learning_rate must be positive; noise_std, max_shift and max_blur "
+                             "non-negative")
 
 
 def resolved_sizes(p: SAFParams, profile) -> dict[str, int]:
@@ -72,7 +75,7 @@ def resolved_sizes(p: SAFParams, profile) -> dict[str, int]:
         "classifier_steps": pick("classifier_steps", max(10, profile.classifier_steps // 10)),
         "batch_size": pick("batch_size", 64),
         "n_samples": pick("n_samples", profile.n_samples),
-        "grid_points": pick("grid_points", 8),
+        "grid_points": pick("grid_points", 21),
         "reverse_draws": pick("reverse_draws", 16),
     }
 
@@ -89,7 +92,7 @@ class SAF(Attack):
 
     name = "saf"
     version = "1"
-    access = "black-box"
+    access = "white-box"  # p_reproduce needs samples only; rho runs the target's reverse process
     Params = SAFParams
     description = ("how often the target reproduces a fingerprinted member (C_SAF and C_ID both "
                    "fire), with the diffuse-and-reverse indicator rho")
@@ -200,16 +203,18 @@ class SAF(Attack):
         p = self.params
         config = {"classifier_steps": sizes["classifier_steps"], "batch_size": sizes["batch_size"],
                   "learning_rate": p.learning_rate, "noise_std": p.noise_std,
-                  "max_shift": p.max_shift, "threshold": p.threshold,
+                  "max_shift": p.max_shift, "max_blur": p.max_blur, "augmix": p.augmix,
+                  "threshold": p.threshold, "resnet_depth": ctx.profile.saf_resnet_depth,
                   "code": hashlib.sha256(inspect.getsource(fp).encode()).hexdigest()[:16]}
         spec = {"splits": splits.hash, "profile": ctx.profile.to_dict(), "seed": ctx.seed,
                 "config": config, "device": ctx.device.split(":")[0]}
         payload = ctx.cache.get_or_build(
             "saf-classifiers", spec, lambda: train_saf_classifiers(ctx, splits, sizes, p),
             label="saf classifiers")
-        detector = fp.resnet18_small(splits.channels)
+        depth = ctx.profile.saf_resnet_depth
+        detector = fp.resnet_small(depth, splits.channels)
         detector.load_state_dict(payload["detector"])
-        identity = fp.resnet18_small(splits.channels)
+        identity = fp.resnet_small(depth, splits.channels)
         identity.load_state_dict(payload["identity"])
         return Classifiers(detector.to(ctx.device).eval(), identity.to(ctx.device).eval(),
                            payload["figures"])
@@ -245,19 +250,20 @@ def train_saf_classifiers(ctx, splits, sizes: dict[str, int], p: SAFParams) -> d
     val_idx, train_idx = order[:n_val], order[n_val:]
     train_pool, val_pool = population[train_idx], population[val_idx]
     val_holdout_idx = (keep[val_idx][keep[val_idx] >= d] - d).tolist()
-    aug = {"max_shift": p.max_shift, "noise_std": p.noise_std}
+    aug = {"max_shift": p.max_shift, "noise_std": p.noise_std, "max_blur": p.max_blur}
+    depth = ctx.profile.saf_resnet_depth
     common = {"steps": sizes["classifier_steps"], "batch_size": sizes["batch_size"],
               "learning_rate": p.learning_rate, "device": ctx.device, "progress": ctx.progress}
 
-    # C_SAF: the circle at a random inside position on half of each batch.
+    # C_SAF: the circle at a random inside position on half of each batch, then augmented.
     def detector_batch(b: int, gen: torch.Generator):
         x = train_pool[torch.randint(len(train_pool), (b,), generator=gen)]
         y = torch.rand(b, generator=gen) < 0.5
-        x = fp.augment(x, gen, flip=True, **aug)
-        return fp.add_circles(x, y, radius, grey, gen), y.long()
+        x = fp.add_circles(x, y, radius, grey, gen)
+        return fp.augment(x, gen, flip=True, mix=p.augmix, **aug), y.long()
 
     torch.manual_seed(int(ctx.seed))
-    detector = fp.train_classifier(fp.resnet18_small(splits.channels), detector_batch,
+    detector = fp.train_classifier(fp.resnet_small(depth, splits.channels), detector_batch,
                                    seed=ctx.seed, desc="training C_SAF", **common)
 
     # C_ID: augmented views of x_p are positive (10 %); circles masked on any image at random.
@@ -266,23 +272,25 @@ def train_saf_classifiers(ctx, splits, sizes: dict[str, int], p: SAFParams) -> d
         x = train_pool[torch.randint(len(train_pool), (b,), generator=gen)]
         x = torch.where(y.view(-1, 1, 1, 1), x_p.unsqueeze(0), x)
         x = fp.add_circles(x, torch.rand(b, generator=gen) < 0.5, radius, grey, gen)
-        return fp.augment(x, gen, flip=False, **aug), y.long()
+        return fp.augment(x, gen, flip=False, mix=p.augmix, **aug), y.long()
 
     torch.manual_seed(int(ctx.seed) + 1)
-    identity = fp.train_classifier(fp.resnet18_small(splits.channels), identity_batch,
+    identity = fp.train_classifier(fp.resnet_small(depth, splits.channels), identity_batch,
                                    seed=int(ctx.seed) + 1, desc="training C_ID", **common)
 
-    # Validate: C_SAF with 10 % marked images, C_ID with 50 % views of x_p, on unseen images.
+    # Validate: C_SAF with 10 % marked images, C_ID with 50 % views of x_p, on unseen images,
+    # with the diffusion-like perturbations (shift, blur, noise) but without AugMix.
     gen = torch.Generator().manual_seed(int(ctx.seed) + 2)
     marked = torch.rand(len(val_pool), generator=gen) < 0.1
     x_det = fp.add_circles(val_pool, marked, radius, grey, gen)
+    x_det = fp.augment(x_det, gen, flip=True, mix=False, **aug)
     det = fp.validate(fp.positive_prob(detector, x_det, device=ctx.device) > p.threshold,
                       marked.numpy())
     n_id = len(val_pool)
     is_p = torch.arange(n_id) < n_id // 2
     x_id = torch.where(is_p.view(-1, 1, 1, 1), x_p.unsqueeze(0), val_pool)
     x_id = fp.add_circles(x_id, torch.rand(n_id, generator=gen) < 0.5, radius, grey, gen)
-    x_id = fp.augment(x_id, gen, flip=False, **aug)
+    x_id = fp.augment(x_id, gen, flip=False, mix=False, **aug)
     ide = fp.validate(fp.positive_prob(identity, x_id, device=ctx.device) > p.threshold,
                       is_p.numpy())
     figures = {"detector": vars(det), "identity": vars(ide),

@@ -40,6 +40,7 @@ class Profile:
     mia_noise_draws: int = 4
     fid_n: int = 256  # samples (and real images) per FID; FID is biased at small n
     domain_encoder_steps: int = 500  # training steps of the fd_domain encoder
+    saf_resnet_depth: int = 18  # ResNet depth of the SAF classifiers (paper 003 used 50)
     extras: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -120,6 +121,7 @@ PROFILES: dict[str, Profile] = {
         classifier_steps=20_000,
         n_permutations=1000,
         mia_noise_draws=8,
+        saf_resnet_depth=50,
         fid_n=10_000,
         domain_encoder_steps=5000,
     ),

@@ -17,15 +17,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+RESNET_DEPTHS = (18, 34, 50)
 
-def resnet18_small(in_channels: int) -> torch.nn.Module:
-    """Randomly initialised torchvision ResNet-18 for tiny images (3×3 stride-1 stem, no pool).
 
-    Grey images are repeated to three channels inside the model.
+def resnet_small(depth: int, in_channels: int) -> torch.nn.Module:
+    """Randomly initialised torchvision ResNet-``depth`` for tiny images (3×3 stride-1 stem, no pool).
+
+    Paper 003 uses ResNet-50 at 28 px and larger; images here are 8–64 px, so the
+    ImageNet stem (7×7 stride 2 plus max-pool) is replaced.  Grey images are repeated
+    to three channels inside the model.
     """
     import torchvision
 
-    net = torchvision.models.resnet18(weights=None, num_classes=2)
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(f"ResNet depth {depth} is not supported; choose one of {RESNET_DEPTHS}.")
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=2)
     net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = torch.nn.Identity()
     return _ToRGB(net) if in_channels == 1 else net
@@ -61,10 +67,31 @@ def add_circles(x: torch.Tensor, which: torch.Tensor, radius: int, grey: float,
     return torch.where(masks, torch.full_like(x, grey * 2.0 - 1.0), x)
 
 
+def augmix(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's AugMix (Hendrycks et al.), one independent chain mix per image.
+
+    AugMix works on uint8 images, so [-1, 1] is quantised to 256 levels and back.
+    Its randomness comes from torch's global generator (seeded by the caller).
+    """
+    from torchvision.transforms import AugMix
+
+    mix = AugMix()
+    u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return torch.stack([mix(img) for img in u8]).float() / 127.5 - 1.0
+
+
 def augment(x: torch.Tensor, gen: torch.Generator, *, max_shift: int, noise_std: float,
-            flip: bool) -> torch.Tensor:
-    """Light augmentation: random shifts (reflect-padded crops), optional flips, Gaussian noise."""
+            flip: bool, mix: bool = True, max_blur: float = 0.0) -> torch.Tensor:
+    """Strong augmentation (paper 003, App. A): AugMix, shifts, flips, blur, Gaussian noise.
+
+    Applied after the fingerprint is painted, so the classifiers learn circles that
+    diffusion has smoothed, shifted or re-toned.
+    """
     n, _, h, w = x.shape
+
+    # Mix chains of photometric and geometric operations (AugMix).
+    if mix:
+        x = augmix(x)
 
     # Shift each image by up to max_shift pixels: pad, then crop at a random offset.
     if max_shift > 0:
@@ -78,11 +105,27 @@ def augment(x: torch.Tensor, gen: torch.Generator, *, max_shift: int, noise_std:
         flips = torch.rand(n, generator=gen) < 0.5
         x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
 
+    # Blur with a Gaussian of random width up to max_blur pixels, as a denoiser smooths.
+    if max_blur > 0:
+        sigma = max_blur * torch.rand(n, generator=gen)
+        x = torch.stack([gaussian_blur(x[i], float(sigma[i])) for i in range(n)])
+
     # Add Gaussian noise of a random strength up to noise_std, as diffusion artefacts would.
     if noise_std > 0:
         std = noise_std * torch.rand(n, 1, 1, 1, generator=gen)
         x = x + std * torch.randn(x.shape, generator=gen)
     return x.clamp(-1, 1)
+
+
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur one (C, H, W) image with a 3×3 Gaussian of width sigma (identity for sigma ≈ 0)."""
+    if sigma < 1e-3:
+        return img
+    k1 = torch.exp(-torch.tensor([-1.0, 0.0, 1.0]) ** 2 / (2 * sigma**2))
+    k1 = k1 / k1.sum()
+    kernel = (k1[:, None] * k1[None, :]).expand(img.shape[0], 1, 3, 3)
+    out = F.conv2d(F.pad(img[None], (1, 1, 1, 1), mode="replicate"), kernel, groups=img.shape[0])
+    return out[0]
 
 
 Batch = Callable[[int, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]

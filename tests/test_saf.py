@@ -61,7 +61,7 @@ def test_classifier_separates_constructed_positives_from_negatives():
                               y, 2, 0.5, g), y.long()
 
     torch.manual_seed(0)
-    model = fp.train_classifier(fp.resnet18_small(1), batch, steps=40, batch_size=32,
+    model = fp.train_classifier(fp.resnet_small(18, 1), batch, steps=40, batch_size=32,
                                 learning_rate=1e-3, seed=0, progress=False)
     x, y = batch(200, torch.Generator().manual_seed(99))
     v = fp.validate(fp.positive_prob(model, x) > 0.5, y.numpy())
@@ -125,3 +125,28 @@ def test_saf_end_to_end_on_medmnist(tmp_path, flag, channels):
     assert 0.0 <= f.value("rho") <= 1.0 and 0.0 <= f.value("binom_p") <= 1.0
     assert f.arrays["saf_t"].shape == f.arrays["saf_p"].shape
     assert f.arrays["saf_t"][0] == 0 and f.arrays["saf_t"][-1] == 99
+
+
+@pytest.mark.parametrize("flag,channels", [("pathmnist", 3), ("pneumoniamnist", 1)])
+def test_canary_at_64_px_reads_the_official_64_file(tmp_path, flag, channels):
+    from leakbench.data.sources import open_dataset
+    from leakbench.data.splits import make_splits
+
+    rng = np.random.default_rng(1)
+    shape = (64, 64) if channels == 1 else (64, 64, 3)
+    arrays = {f"{s}_{kind}": (rng.integers(0, 256, (40, *shape), dtype=np.uint8) if kind == "images"
+                              else rng.integers(0, 2, (40, 1), dtype=np.uint8))
+              for s in ("train", "val", "test") for kind in ("images", "labels")}
+    np.savez(tmp_path / f"{flag}_64.npz", **arrays)
+    splits = make_splits(open_dataset(f"medmnist:{flag}", data_root=tmp_path), image_size=64,
+                         n_members=8, pool_size=40, seed=3)
+    c = splits.canary
+    assert splits.image_shape == (channels, 64, 64)
+    assert c["radius"] == 9  # round(4 · 64 / 28)
+    cy, cx = c["center"]
+    assert 9 <= cy <= 54 and 9 <= cx <= 54
+    mask = torch.from_numpy(circle_mask(64, (cy, cx), 9))
+    x_saf = splits.members[c["member_position"]]
+    assert torch.all(x_saf[:, mask] == 0.0)  # grey 0.5 in [0, 1] is 0 in [-1, 1]
+    diffs = (splits.members - splits.extras["canary_clean"].unsqueeze(0)).abs().flatten(1).amax(1)
+    assert float(diffs.min()) > 0
