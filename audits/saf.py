@@ -34,7 +34,7 @@ from leakbench.stats import clopper_pearson
 class SAFParams:
     """Sizes default to ``profile.extras["saf_<name>"]``, then to the values noted here."""
 
-    classifier_steps: int | None = None  # None: extras, else profile.classifier_steps // 10
+    classifier_steps: int | None = None  # None: extras, else profile.saf_classifier_steps
     batch_size: int | None = None  # None: extras, else 64
     learning_rate: float = 1e-3
     noise_std: float = 0.2  # largest Gaussian noise std added in training ([-1, 1] scale)
@@ -72,7 +72,7 @@ def resolved_sizes(p: SAFParams, profile) -> dict[str, int]:
         return int(v if v is not None else extras.get(f"saf_{name}", default))
 
     return {
-        "classifier_steps": pick("classifier_steps", max(10, profile.classifier_steps // 10)),
+        "classifier_steps": pick("classifier_steps", profile.saf_classifier_steps),
         "batch_size": pick("batch_size", 64),
         "n_samples": pick("n_samples", profile.n_samples),
         "grid_points": pick("grid_points", 21),

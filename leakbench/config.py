@@ -41,6 +41,7 @@ class Profile:
     fid_n: int = 256  # samples (and real images) per FID; FID is biased at small n
     domain_encoder_steps: int = 500  # training steps of the fd_domain encoder
     saf_resnet_depth: int = 18  # ResNet depth of the SAF classifiers (paper 003 used 50)
+    saf_classifier_steps: int = 300  # training steps of each SAF classifier (C_SAF, C_ID)
     extras: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -74,6 +75,7 @@ PROFILES: dict[str, Profile] = {
         n_permutations=20,
         mia_noise_draws=1,
         fid_n=10,
+        saf_classifier_steps=10,
         domain_encoder_steps=50,
     ),
     # Minutes on a 2-core CPU; must show the papers' effects for real.
@@ -122,6 +124,7 @@ PROFILES: dict[str, Profile] = {
         n_permutations=1000,
         mia_noise_draws=8,
         saf_resnet_depth=50,
+        saf_classifier_steps=5000,
         fid_n=10_000,
         domain_encoder_steps=5000,
     ),
