@@ -31,7 +31,7 @@ def pytest_addoption(parser):
     g.addoption("--data-root", default=None, metavar="DIR",
                 help="folder with dataset files (default: $LEAKBENCH_DATA_ROOT, then medmnist's)")
     g.addoption("--no-report", action="store_true", default=False,
-                help="do not print the leaderboard at the end")
+                help="do not print the leaderboard nor write the HTML report at the end")
 
 
 class _LeakbenchSession:
@@ -132,3 +132,18 @@ def pytest_terminal_summary(terminalreporter, config):
                       f"{len(built)} built" + "".join(f"\n  built {e.kind}: {e.label} "
                                                       f"({e.seconds:.1f} s, {e.status})" for e in built))
     tr.write_line(f"results: {store.path}")
+    _write_report(tr, store)
+
+
+def _write_report(tr, store) -> None:
+    """Build the static HTML report of the whole store in ``<results>/report/``."""
+    from reports.site import build_site
+
+    try:
+        index = build_site(store, store.root / "report")
+    except Exception as exc:  # the numbers are stored; a broken report must not hide them
+        tr.write_line(f"report: not written ({type(exc).__name__}: {exc}); "
+                      f"rebuild it with `leakbench report --out DIR --results {store.root}`",
+                      red=True)
+        return
+    tr.write_line(f"report: {index}")

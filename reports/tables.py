@@ -18,6 +18,10 @@ ROW = ["dataset", "defense", "profile"]
 QUALITY_ATTACK = "fid"
 PRIVACY_PREFERENCE = [("replication", "frac_above"), ("loss_mia", "auc")]
 """Privacy axis of the privacy-vs-quality chart: the first of these present in the store."""
+COST_COLUMNS = ["train_seconds", "sampling_seconds_per_image", "draws_per_accepted",
+                "guided_fraction", "epsilon"]
+"""The defense figures the index shows as cost columns (training and sampling time,
+resamples, guided steps, privacy budget); a cell page shows all of them."""
 
 
 @dataclass
@@ -150,11 +154,15 @@ def mark_pareto(rows: list[Row]) -> None:
 
 
 def column_order(rows: list[Row]) -> tuple[list[str], list[str]]:
-    """Attack columns (privacy attacks first, the quality column last) and cost columns."""
+    """Attack columns (privacy attacks first, the quality column last) and cost columns.
+
+    Cost columns are the ``COST_COLUMNS`` some row reports, in that order.
+    """
     attacks = sorted({a for r in rows for a in r.cells})
     if QUALITY_ATTACK in attacks:
         attacks = [a for a in attacks if a != QUALITY_ATTACK] + [QUALITY_ATTACK]
-    costs = sorted({c for r in rows for c in r.costs})
+    present = {c for r in rows for c in r.costs}
+    costs = [c for c in COST_COLUMNS if c in present]
     return attacks, costs
 
 

@@ -64,6 +64,9 @@ def test_throwaway_plugin_runs_through_the_benchmark(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 passed" in r.stdout
     assert "leakbench leaderboard" in r.stdout and "throwaway[scale=0.5]" in r.stdout
+    index = res / "report" / "index.html"  # the session publishes the report and says where
+    assert f"report: {index}" in r.stdout
+    assert "throwaway[scale=0.5]" in index.read_text()
     out = _cli("leaderboard", "--results", str(res), "--format", "json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)

@@ -1,0 +1,119 @@
+"""The built HTML report in a real browser: headless Chromium driven by Selenium.
+
+Marked ``browser``.  Skipped, with the reason, when Chromium, its driver or Selenium
+is missing (``.ci/run`` installs Debian's ``chromium`` and ``chromium-driver``).
+Set ``LEAKBENCH_SCREENSHOTS=DIR`` to keep PNG screenshots of the pages it visits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from leakbench.harness import Harness
+from reports.site import build_site
+
+pytestmark = pytest.mark.browser
+
+DEFENSES = ["ddim", "cpsample", "cpsample[alpha=0.5,scale=10]"]
+ATTACKS = ["replication", "loss_mia"]
+# Chromium must not reach out: no network services, no updates, a fresh profile.
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    webdriver = pytest.importorskip("selenium.webdriver",
+                                    reason="selenium is not installed: pip install -e '.[test]'")
+    browser = _find("chromium", "chromium-browser", "google-chrome")
+    chromedriver = _find("chromedriver")
+    if browser is None or chromedriver is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium "
+                    "chromium-driver); .ci/run installs it")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    service = webdriver.ChromeService(executable_path=chromedriver)
+    d = webdriver.Chrome(options=options, service=service)
+    d.set_page_load_timeout(60)
+    yield d
+    d.quit()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("browser")
+    h = Harness.create(profile="smoke", cache_dir=tmp / "cache", results=tmp / "results",
+                       progress=False)
+    for defense in DEFENSES:
+        for attack in ATTACKS:
+            h.run_cell("digits", defense, attack)
+    h.finish()
+    return build_site(h.store, tmp / "site")
+
+
+def _screenshot(driver, name: str) -> None:
+    folder = os.environ.get("LEAKBENCH_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / f"{name}.png"))
+
+
+def _column_values(driver, index: int) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
+    return [r.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-sort") for r in rows]
+
+
+def test_leaderboard_rows_sorting_and_a_cell_page(driver, site):
+    from selenium.webdriver.common.by import By
+
+    driver.get(site.as_uri())
+    assert driver.title == "leakbench report"
+    rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
+    assert sorted(r.get_attribute("data-defense") for r in rows) == sorted(DEFENSES)
+    _screenshot(driver, "index")
+
+    # Sort by the replication column: ascending, then descending on a second click.
+    headers = driver.find_elements(By.CSS_SELECTOR, "#leaderboard thead th")
+    col = next(i for i, h in enumerate(headers) if h.get_attribute("data-attack") == "replication")
+    headers[col].click()
+    assert headers[col].get_attribute("aria-sort") == "ascending"
+    asc = [float(v) for v in _column_values(driver, col)]
+    assert asc == sorted(asc)
+    headers[col].click()
+    desc = [float(v) for v in _column_values(driver, col)]
+    assert desc == sorted(asc, reverse=True)
+    # Text columns sort too: the defense names.
+    defense_col = next(i for i, h in enumerate(headers) if h.text.startswith("defense"))
+    headers[defense_col].click()
+    names = [driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")[i]
+             .get_attribute("data-defense") for i in range(len(DEFENSES))]
+    assert names == sorted(DEFENSES)
+
+    # Open the ddim page from its link; every figure on it must have loaded.
+    driver.find_element(By.LINK_TEXT, "ddim").click()
+    assert "ddim" in driver.title
+    images = driver.find_elements(By.TAG_NAME, "img")
+    assert len(images) >= 3
+    for img in images:
+        loaded = driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+        assert loaded, f"figure {img.get_attribute('src')} did not load"
+    _screenshot(driver, "cell-ddim")

@@ -1,0 +1,160 @@
+"""The static HTML report: a pure function of the results store, complete and offline."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from leakbench.harness import Harness
+from leakbench.leaderboard import leaderboard_frame
+from reports.site import build_site, load_paper_reference
+from reports.tables import pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFENSES = ["ddim", "cpsample", "cpsample[alpha=0.5,scale=10]"]
+ATTACKS = ["replication", "loss_mia", "fid"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A smoke-profile store: three defense variants × replication, loss_mia and FID."""
+    tmp = tmp_path_factory.mktemp("report")
+    h = Harness.create(profile="smoke", cache_dir=tmp / "cache", results=tmp / "results",
+                       progress=False, command="test_report")
+    for defense in DEFENSES:
+        for attack in ATTACKS:
+            h.run_cell("digits", defense, attack)
+    h.finish()
+    return h.store
+
+
+class Page(HTMLParser):
+    """The parts of a page the tests look at: table rows, links, images, scripts."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.rows: dict[str, list[dict[str, str]]] = {}
+        self.links: list[str] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+        self._table: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self._table = a.get("id")
+        elif tag == "tr" and self._table and "data-defense" in a:
+            self.rows.setdefault(self._table, []).append(a)
+        elif tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        elif tag == "img":
+            self.images.append(a["src"])
+        for key in ("src", "href"):
+            if tag in ("script", "link", "img") and re.match(r"(https?:)?//", a.get(key) or ""):
+                self.external.append(a[key])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_same_store_gives_the_same_bytes_apart_from_the_build_time(store, tmp_path):
+    build_site(store, tmp_path / "a", build_time="2026-01-01 00:00:00")
+    build_site(store, tmp_path / "b", build_time="2026-01-01 00:00:00")
+    build_site(store, tmp_path / "c")  # the real clock
+    a, b, c = (_files(tmp_path / x) for x in "abc")
+    assert a == b
+    assert a.keys() == c.keys() and len(a) > 10
+
+    def strip(data: bytes) -> bytes:
+        return re.sub(rb'<span id="build-time">[^<]*</span>', b"", data)
+
+    assert {k: strip(v) for k, v in a.items()} == {k: strip(v) for k, v in c.items()}
+    assert a["index.html"] != c["index.html"]  # the build time is in the footer, and only it
+
+
+def test_index_has_one_row_per_defense_variant_and_a_column_per_attack(store, tmp_path):
+    index = build_site(store, tmp_path / "site")
+    page = Page(index.read_text())
+    rows = page.rows["leaderboard"]
+    assert sorted(r["data-defense"] for r in rows) == sorted(DEFENSES)
+    frame = leaderboard_frame(store.rows())
+    assert set(frame["defense"]) == set(DEFENSES)
+    html = index.read_text()
+    for attack in ATTACKS:
+        assert f'data-attack="{attack}"' in html
+    # Every number carries its provenance: the run, its git revision and the machine.
+    assert "test_report" in html and "CPUs" in html
+    assert not page.external, "the report must not fetch anything from the network"
+
+
+def test_every_link_and_figure_of_the_site_exists(store, tmp_path):
+    index = build_site(store, tmp_path / "site")
+    site = index.parent
+    pages = [index, *sorted((site / "cells").glob("*.html"))]
+    assert len(pages) == 1 + len(DEFENSES)
+    n_images = 0
+    for path in pages:
+        page = Page(path.read_text())
+        assert not page.external
+        for ref in page.links + page.images:
+            if ref.startswith("#"):
+                continue
+            target = (path.parent / ref).resolve()
+            assert target.is_file(), f"{path.name} links to missing {ref}"
+        for src in page.images:
+            assert (path.parent / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        n_images += len(page.images)
+    # A cell page draws the similarity histograms, the closest pairs and the ROC curve.
+    ddim = next(p for p in pages[1:] if p.name.startswith("digits--ddim--smoke"))
+    text = ddim.read_text()
+    for title in ("similarity", "ROC"):
+        assert title.lower() in text.lower(), f"no {title} figure on the ddim page"
+    assert n_images > 2 * len(DEFENSES)
+
+
+def test_privacy_quality_chart_and_pareto_marks(store, tmp_path):
+    index = build_site(store, tmp_path / "site")
+    html = index.read_text()
+    assert "figures/privacy_quality-digits-smoke.png" in html
+    assert (index.parent / "figures" / "privacy_quality-digits-smoke.png").is_file()
+    # The starred rows are exactly the Pareto front of (FID, frac_above) in the store.
+    frame = leaderboard_frame(store.rows())
+    point = {}
+    for d in DEFENSES:
+        sel = frame[frame["defense"] == d].set_index(["attack", "metric"])["value"]
+        point[d] = (float(sel[("fid", "fid")]), float(sel[("replication", "frac_above")]))
+    front = {DEFENSES[i] for i in pareto_front([point[d] for d in DEFENSES])}
+    starred = {r["data-defense"] for r in Page(html).rows["leaderboard"]
+               if "pareto" in r.get("class", "")}
+    assert starred == front and starred
+
+
+def test_pareto_front_on_hand_made_points():
+    pts = [(1.0, 5.0), (2.0, 2.0), (3.0, 3.0), (5.0, 1.0), (2.0, 2.0), (6.0, 6.0)]
+    assert pareto_front(pts) == [0, 1, 3, 4]  # ties are both kept; (3,3) and (6,6) are dominated
+    assert pareto_front([]) == []
+
+
+def test_paper_reference_entries_cite_paper_and_table():
+    entries = load_paper_reference()
+    assert entries
+    for e in entries:
+        assert e["paper"] and e["table"] and e["defense"] and e["metric"]
+        assert isinstance(e["value"], (int, float))
+
+
+def test_report_command_on_a_missing_store_says_what_to_do(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "leakbench.cli", "report", "--out",
+                        str(tmp_path / "site"), "--results", str(tmp_path / "none")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "No results store at" in r.stderr and "run `pytest benchmarks/` first" in r.stderr
+    assert not (tmp_path / "site").exists()
