@@ -80,7 +80,7 @@ def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, ste
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     tail = losses[-max(1, len(losses) // 10):]
     return encoder.eval().requires_grad_(False), {"objective": objective, "steps": steps,
                                                   "final_loss": float(np.mean(tail))}
