@@ -35,12 +35,12 @@ class SAFParams:
     """Sizes default to ``profile.extras["saf_<name>"]``, then to the values noted here."""
 
     classifier_steps: int | None = None  # None: extras, else profile.saf_classifier_steps
-    batch_size: int | None = None  # None: extras, else 64
+    batch_size: int | None = None  # None: extras, else 32
     learning_rate: float = 1e-3
-    noise_std: float = 0.2  # largest Gaussian noise std added in training ([-1, 1] scale)
+    noise_std: float = 0.1  # largest Gaussian noise std added in training ([-1, 1] scale)
     max_shift: int = 1  # random shifts in pixels
-    max_blur: float = 0.8  # largest Gaussian blur sigma in pixels (diffusion smooths the circle)
-    augmix: bool = True  # AugMix on every training image (paper 003, App. A)
+    max_blur: float = 0.0  # largest Gaussian blur sigma in pixels (blur costs detector accuracy)
+    augmix: float = 0.5  # fraction of training images that get AugMix (paper 003, App. A)
     accuracy_bar: float = 0.95  # below it no reproduction probability is reported
     threshold: float = 0.5  # a classifier fires when P(positive) exceeds it
     n_samples: int | None = None  # None: the profile's n_samples
@@ -58,6 +58,8 @@ class SAFParams:
             raise ValueError(f"accuracy_bar={self.accuracy_bar} must be in [0, 1]")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold} must be in (0, 1)")
+        if not 0.0 <= self.augmix <= 1.0:
+            raise ValueError(f"augmix={self.augmix} must be a fraction in [0, 1]")
         if self.learning_rate <= 0 or min(self.noise_std, self.max_shift, self.max_blur) < 0:
             raise ValueError("learning_rate must be positive; noise_std, max_shift and max_blur "
                              "non-negative")
@@ -73,7 +75,7 @@ def resolved_sizes(p: SAFParams, profile) -> dict[str, int]:
 
     return {
         "classifier_steps": pick("classifier_steps", profile.saf_classifier_steps),
-        "batch_size": pick("batch_size", 64),
+        "batch_size": pick("batch_size", 32),
         "n_samples": pick("n_samples", profile.n_samples),
         "grid_points": pick("grid_points", 21),
         "reverse_draws": pick("reverse_draws", 16),
@@ -203,7 +205,8 @@ class SAF(Attack):
         p = self.params
         config = {"classifier_steps": sizes["classifier_steps"], "batch_size": sizes["batch_size"],
                   "learning_rate": p.learning_rate, "noise_std": p.noise_std,
-                  "max_shift": p.max_shift, "max_blur": p.max_blur, "augmix": p.augmix,
+                  "max_shift": p.max_shift, "max_blur": p.max_blur,
+                  "augmix": float(p.augmix),
                   "threshold": p.threshold, "resnet_depth": ctx.profile.saf_resnet_depth,
                   "code": hashlib.sha256(inspect.getsource(fp).encode()).hexdigest()[:16]}
         spec = {"splits": splits.hash, "profile": ctx.profile.to_dict(), "seed": ctx.seed,
@@ -283,14 +286,14 @@ def train_saf_classifiers(ctx, splits, sizes: dict[str, int], p: SAFParams) -> d
     gen = torch.Generator().manual_seed(int(ctx.seed) + 2)
     marked = torch.rand(len(val_pool), generator=gen) < 0.1
     x_det = fp.add_circles(val_pool, marked, radius, grey, gen)
-    x_det = fp.augment(x_det, gen, flip=True, mix=False, **aug)
+    x_det = fp.augment(x_det, gen, flip=True, mix=0.0, **aug)
     det = fp.validate(fp.positive_prob(detector, x_det, device=ctx.device) > p.threshold,
                       marked.numpy())
     n_id = len(val_pool)
     is_p = torch.arange(n_id) < n_id // 2
     x_id = torch.where(is_p.view(-1, 1, 1, 1), x_p.unsqueeze(0), val_pool)
     x_id = fp.add_circles(x_id, torch.rand(n_id, generator=gen) < 0.5, radius, grey, gen)
-    x_id = fp.augment(x_id, gen, flip=False, mix=False, **aug)
+    x_id = fp.augment(x_id, gen, flip=False, mix=0.0, **aug)
     ide = fp.validate(fp.positive_prob(identity, x_id, device=ctx.device) > p.threshold,
                       is_p.numpy())
     figures = {"detector": vars(det), "identity": vars(ide),
