@@ -82,7 +82,7 @@ class FID(Attack):
         floor = cached_state(ctx, feature="inception", spec={**inc_spec, "set": "floor"},
                              module=lambda: inception, images=lambda: holdout[floor_idx])
         fake = feature_state(inception, samples, progress=ctx.progress,
-                             desc="inception features of samples")
+                             desc="inception features of samples", device=ctx.device)
         fid = frechet_between_states(ref, fake)
         fid_real = frechet_between_states(ref, floor)
 
@@ -96,7 +96,8 @@ class FID(Attack):
         d_floor = cached_state(ctx, feature="domain", spec={**dom_spec, "set": "floor"},
                                module=lambda: encoder, images=lambda: holdout[floor_idx],
                                batch_size=256)
-        fd = frechet_between_states(d_ref, feature_state(encoder, samples, batch_size=256))
+        fd = frechet_between_states(d_ref, feature_state(encoder, samples, batch_size=256,
+                                                         device=ctx.device))
         fd_real = frechet_between_states(d_ref, d_floor)
 
         metrics = [

@@ -41,13 +41,15 @@ class Calibration:
     holdout_sims: np.ndarray  # nearest-member similarity of every holdout image
     calib_idx: np.ndarray
     eval_idx: np.ndarray
+    device: str = "cpu"  # where the nearest-neighbour search runs (FAISS GPU when available)
 
     def nearest(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(similarity, index) of each image's nearest member in this feature space."""
-        return nearest_member_similarity(self.extract(images), self.members)
+        return nearest_member_similarity(self.extract(images), self.members, device=self.device)
 
 
-def calibrate(splits: Splits, extract: FeatureExtractor, quantile: float, seed: int) -> Calibration:
+def calibrate(splits: Splits, extract: FeatureExtractor, quantile: float, seed: int,
+              device: str = "cpu") -> Calibration:
     """The ``quantile`` of the calibration half's nearest-member similarities."""
     # Embed members and holdout in the same feature space.
     members = extract(splits.members)
@@ -55,9 +57,10 @@ def calibrate(splits: Splits, extract: FeatureExtractor, quantile: float, seed: 
 
     # Calibrate on one half of the holdout; the other half is for measuring.
     calib, evaluate = split_holdout(len(holdout), seed)
-    holdout_sims, _ = nearest_member_similarity(holdout, members)
+    holdout_sims, _ = nearest_member_similarity(holdout, members, device=device)
     threshold = calibrate_threshold(holdout_sims[calib], quantile)
-    return Calibration(threshold, quantile, extract, members, holdout_sims, calib, evaluate)
+    return Calibration(threshold, quantile, extract, members, holdout_sims, calib, evaluate,
+                       device)
 
 
 def replication_calibration(ctx, splits: Splits, feature: str = "pixels",
@@ -66,4 +69,4 @@ def replication_calibration(ctx, splits: Splits, feature: str = "pixels",
     from leakbench.features.extractors import get_extractor
 
     q = ctx.profile.holdout_quantile if quantile is None else quantile
-    return calibrate(splits, get_extractor(feature, ctx), q, ctx.seed)
+    return calibrate(splits, get_extractor(feature, ctx), q, ctx.seed, ctx.device)

@@ -49,8 +49,12 @@ def _population_labels(splits) -> np.ndarray | None:
 
 def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, steps: int,
                          seed: int, batch_size: int = 128, learning_rate: float = 2e-3,
-                         progress: bool = False) -> tuple[DomainEncoder, dict[str, Any]]:
-    """Fit the encoder: cross-entropy on ``labels`` if given, else reconstruction (MSE)."""
+                         progress: bool = False, device: str = "cpu"
+                         ) -> tuple[DomainEncoder, dict[str, Any]]:
+    """Fit the encoder: cross-entropy on ``labels`` if given, else reconstruction (MSE).
+
+    Returns the encoder on the CPU, whatever ``device`` it was trained on.
+    """
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
@@ -67,11 +71,13 @@ def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, ste
         y = None
         head = nn.Linear(DOMAIN_FEATURES, c * h * w)
         objective = "reconstruction"
+    encoder, head, images = encoder.to(device), head.to(device), images.to(device)
+    y = None if y is None else y.to(device)
     opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=learning_rate)
 
     losses = []
     for _ in tqdm(range(steps), disable=not progress, desc="training domain encoder", leave=False):
-        idx = torch.randint(n, (min(batch_size, n),), generator=g)
+        idx = torch.randint(n, (min(batch_size, n),), generator=g).to(device)
         out = head(encoder(images[idx]))
         if y is not None:
             loss = nn.functional.cross_entropy(out, y[idx])
@@ -82,7 +88,7 @@ def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, ste
         opt.step()
         losses.append(float(loss.detach()))
     tail = losses[-max(1, len(losses) // 10):]
-    return encoder.eval().requires_grad_(False), {"objective": objective, "steps": steps,
+    return encoder.cpu().eval().requires_grad_(False), {"objective": objective, "steps": steps,
                                                   "final_loss": float(np.mean(tail))}
 
 
@@ -96,7 +102,8 @@ def domain_encoder(ctx: RunContext) -> DomainEncoder:
     def build():
         labels = _population_labels(splits)
         encoder, stats = train_domain_encoder(splits.population, labels, steps=steps,
-                                              seed=ctx.seed, progress=ctx.progress)
+                                              seed=ctx.seed, progress=ctx.progress,
+                                              device=ctx.device)
         return {"state_dict": encoder.state_dict(), "stats": stats}
 
     payload = ctx.cache.get_or_build("domain_encoder", spec, build,

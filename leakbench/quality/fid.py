@@ -30,15 +30,19 @@ STATE = ("real_features_sum", "real_features_cov_sum", "real_features_num_sample
 
 
 def feature_state(module: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
-                  progress: bool = False, desc: str = "features") -> dict[str, torch.Tensor]:
-    """torchmetrics' accumulated statistics (Σf, Σffᵀ, n) of ``images`` under ``module``."""
+                  progress: bool = False, desc: str = "features", device: str = "cpu"
+                  ) -> dict[str, torch.Tensor]:
+    """torchmetrics' accumulated statistics (Σf, Σffᵀ, n) of ``images`` under ``module``.
+
+    The features and the sums are computed on ``device``; the statistics come back on the CPU.
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
     from tqdm.auto import tqdm
 
-    metric = FrechetInceptionDistance(feature=module, reset_real_features=False)
+    metric = FrechetInceptionDistance(feature=module, reset_real_features=False).to(device)
     for i in tqdm(range(0, len(images), batch_size), disable=not progress, desc=desc, leave=False):
-        metric.update(images[i:i + batch_size], real=True)
-    return {k: getattr(metric, k).detach().clone() for k in STATE}
+        metric.update(images[i:i + batch_size].to(device), real=True)
+    return {k: getattr(metric, k).detach().cpu().clone() for k in STATE}
 
 
 def gaussian_from_state(state: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +68,7 @@ def cached_state(ctx: RunContext, *, feature: str, spec: dict[str, Any],
     """Real-image statistics under ``feature``, built once per ``spec`` and cached."""
     def build():
         return feature_state(module(), images(), batch_size=batch_size, progress=ctx.progress,
-                             desc=f"{feature} features of real images")
+                             desc=f"{feature} features of real images", device=ctx.device)
 
     return ctx.cache.get_or_build("fid_stats", {"feature": feature, **spec}, build,
                                   label=f"{feature} statistics n={spec.get('n')}")
