@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from audits.saf import SAFParams
 from leakbench import fingerprint as fp
 from leakbench.data.splits import canary_radius, circle_mask
 
@@ -48,6 +49,19 @@ def test_add_circles_paints_only_chosen_images_fully_inside():
     full = int(circle_mask(12, (6, 6), 3).sum())
     assert torch.all(painted[which] == full)  # whole circle inside: no pixel clipped
     assert torch.all(painted[~which] == 0)
+
+
+def test_augmix_goes_to_the_requested_fraction_of_images():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (400, 1, 16, 16)).float() / 127.5 - 1.0  # already 8-bit levels
+    plain = dict(max_shift=0, noise_std=0.0, flip=False, max_blur=0.0)
+    same = fp.augment(x, torch.Generator().manual_seed(0), mix=0.0, **plain)
+    assert torch.equal(same, x)
+    out = fp.augment(x, torch.Generator().manual_seed(0), mix=0.5, **plain)
+    changed = (out != x).flatten(1).any(1).float().mean().item()
+    assert 0.3 < changed < 0.6
+    with pytest.raises(ValueError, match="augmix=1.5 must be a fraction"):
+        SAFParams(augmix=1.5)
 
 
 def test_classifier_separates_constructed_positives_from_negatives():
