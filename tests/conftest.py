@@ -17,3 +17,25 @@ def smoke_harness(tmp_path):
 @pytest.fixture
 def smoke_ctx(smoke_harness):
     return smoke_harness.context("digits")
+
+
+@pytest.fixture(scope="session")
+def report_store(tmp_path_factory):
+    """One smoke-profile store shared by the report and browser tests, built once.
+
+    ``.store`` holds three defense variants (``.defenses``) × ``.attacks``.
+    """
+    from types import SimpleNamespace
+
+    from leakbench.harness import Harness
+
+    defenses = ["ddim", "cpsample", "cpsample[alpha=0.5,scale=10]"]
+    attacks = ["replication", "loss_mia", "fid"]
+    tmp = tmp_path_factory.mktemp("report-store")
+    h = Harness.create(profile="smoke", cache_dir=tmp / "cache", results=tmp / "results",
+                       progress=False, command="test_report")
+    for defense in defenses:
+        for attack in attacks:
+            h.run_cell("digits", defense, attack)
+    h.finish()
+    return SimpleNamespace(store=h.store, defenses=defenses, attacks=attacks)

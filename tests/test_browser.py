@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from leakbench.harness import Harness
 from reports.site import build_site
 
 pytestmark = pytest.mark.browser
 
-DEFENSES = ["ddim", "cpsample", "cpsample[alpha=0.5,scale=10]"]
-ATTACKS = ["replication", "loss_mia"]
 # Chromium must not reach out: no network services, no updates, a fresh profile.
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -56,15 +53,8 @@ def driver(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("browser")
-    h = Harness.create(profile="smoke", cache_dir=tmp / "cache", results=tmp / "results",
-                       progress=False)
-    for defense in DEFENSES:
-        for attack in ATTACKS:
-            h.run_cell("digits", defense, attack)
-    h.finish()
-    return build_site(h.store, tmp / "site")
+def site(report_store, tmp_path_factory) -> Path:
+    return build_site(report_store.store, tmp_path_factory.mktemp("browser") / "site")
 
 
 def _screenshot(driver, name: str) -> None:
@@ -81,13 +71,14 @@ def _column_values(driver, index: int) -> list[str]:
     return [r.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-sort") for r in rows]
 
 
-def test_leaderboard_rows_sorting_and_a_cell_page(driver, site):
+def test_leaderboard_rows_sorting_and_a_cell_page(driver, site, report_store):
     from selenium.webdriver.common.by import By
 
+    defenses = report_store.defenses
     driver.get(site.as_uri())
     assert driver.title == "leakbench report"
     rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
-    assert sorted(r.get_attribute("data-defense") for r in rows) == sorted(DEFENSES)
+    assert sorted(r.get_attribute("data-defense") for r in rows) == sorted(defenses)
     _screenshot(driver, "index")
 
     # Sort by the replication column: ascending, then descending on a second click.
@@ -104,8 +95,8 @@ def test_leaderboard_rows_sorting_and_a_cell_page(driver, site):
     defense_col = next(i for i, h in enumerate(headers) if h.text.startswith("defense"))
     headers[defense_col].click()
     names = [driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")[i]
-             .get_attribute("data-defense") for i in range(len(DEFENSES))]
-    assert names == sorted(DEFENSES)
+             .get_attribute("data-defense") for i in range(len(defenses))]
+    assert names == sorted(defenses)
 
     # Open the ddim page from its link; every figure on it must have loaded.
     driver.find_element(By.LINK_TEXT, "ddim").click()

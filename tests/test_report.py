@@ -10,27 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from leakbench.harness import Harness
 from leakbench.leaderboard import leaderboard_frame
 from reports.site import build_site, load_paper_reference
 from reports.tables import pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFENSES = ["ddim", "cpsample", "cpsample[alpha=0.5,scale=10]"]
-ATTACKS = ["replication", "loss_mia", "fid"]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A smoke-profile store: three defense variants × replication, loss_mia and FID."""
-    tmp = tmp_path_factory.mktemp("report")
-    h = Harness.create(profile="smoke", cache_dir=tmp / "cache", results=tmp / "results",
-                       progress=False, command="test_report")
-    for defense in DEFENSES:
-        for attack in ATTACKS:
-            h.run_cell("digits", defense, attack)
-    h.finish()
-    return h.store
+@pytest.fixture
+def store(report_store):
+    return report_store.store
+
+
+@pytest.fixture
+def names(report_store):
+    return report_store.defenses, report_store.attacks
 
 
 class Page(HTMLParser):
@@ -80,26 +74,28 @@ def test_same_store_gives_the_same_bytes_apart_from_the_build_time(store, tmp_pa
     assert a["index.html"] != c["index.html"]  # the build time is in the footer, and only it
 
 
-def test_index_has_one_row_per_defense_variant_and_a_column_per_attack(store, tmp_path):
+def test_index_has_one_row_per_defense_variant_and_a_column_per_attack(store, tmp_path, names):
+    defenses, attacks = names
     index = build_site(store, tmp_path / "site")
     page = Page(index.read_text())
     rows = page.rows["leaderboard"]
-    assert sorted(r["data-defense"] for r in rows) == sorted(DEFENSES)
+    assert sorted(r["data-defense"] for r in rows) == sorted(defenses)
     frame = leaderboard_frame(store.rows())
-    assert set(frame["defense"]) == set(DEFENSES)
+    assert set(frame["defense"]) == set(defenses)
     html = index.read_text()
-    for attack in ATTACKS:
+    for attack in attacks:
         assert f'data-attack="{attack}"' in html
     # Every number carries its provenance: the run, its git revision and the machine.
     assert "test_report" in html and "CPUs" in html
     assert not page.external, "the report must not fetch anything from the network"
 
 
-def test_every_link_and_figure_of_the_site_exists(store, tmp_path):
+def test_every_link_and_figure_of_the_site_exists(store, tmp_path, names):
+    defenses, _ = names
     index = build_site(store, tmp_path / "site")
     site = index.parent
     pages = [index, *sorted((site / "cells").glob("*.html"))]
-    assert len(pages) == 1 + len(DEFENSES)
+    assert len(pages) == 1 + len(defenses)
     n_images = 0
     for path in pages:
         page = Page(path.read_text())
@@ -117,10 +113,11 @@ def test_every_link_and_figure_of_the_site_exists(store, tmp_path):
     text = ddim.read_text()
     for title in ("similarity", "ROC"):
         assert title.lower() in text.lower(), f"no {title} figure on the ddim page"
-    assert n_images > 2 * len(DEFENSES)
+    assert n_images > 2 * len(defenses)
 
 
-def test_privacy_quality_chart_and_pareto_marks(store, tmp_path):
+def test_privacy_quality_chart_and_pareto_marks(store, tmp_path, names):
+    defenses, _ = names
     index = build_site(store, tmp_path / "site")
     html = index.read_text()
     assert "figures/privacy_quality-digits-smoke.png" in html
@@ -128,10 +125,10 @@ def test_privacy_quality_chart_and_pareto_marks(store, tmp_path):
     # The starred rows are exactly the Pareto front of (FID, frac_above) in the store.
     frame = leaderboard_frame(store.rows())
     point = {}
-    for d in DEFENSES:
+    for d in defenses:
         sel = frame[frame["defense"] == d].set_index(["attack", "metric"])["value"]
         point[d] = (float(sel[("fid", "fid")]), float(sel[("replication", "frac_above")]))
-    front = {DEFENSES[i] for i in pareto_front([point[d] for d in DEFENSES])}
+    front = {defenses[i] for i in pareto_front([point[d] for d in defenses])}
     starred = {r["data-defense"] for r in Page(html).rows["leaderboard"]
                if "pareto" in r.get("class", "")}
     assert starred == front and starred
