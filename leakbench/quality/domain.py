@@ -88,8 +88,8 @@ def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, ste
         opt.step()
         losses.append(float(loss.detach()))
     tail = losses[-max(1, len(losses) // 10):]
-    return encoder.cpu().eval().requires_grad_(False), {"objective": objective, "steps": steps,
-                                                  "final_loss": float(np.mean(tail))}
+    stats = {"objective": objective, "steps": steps, "final_loss": float(np.mean(tail))}
+    return encoder.cpu().eval().requires_grad_(False), stats
 
 
 def domain_encoder(ctx: RunContext) -> DomainEncoder:
