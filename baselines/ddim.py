@@ -6,11 +6,17 @@ from leakbench.api import AuditTarget, Defense
 
 
 class DDIM(Defense):
-    """Plain DDPM-trained U-Net sampled with deterministic DDIM (Song et al. 2021)."""
+    """Plain DDPM-trained U-Net sampled with deterministic DDIM (Song et al. 2021).
+
+    The U-Net is pretrained on the public split and fine-tuned on the members, as paper
+    001 fine-tunes a pretrained checkpoint until it replicates (``public=0``: trained on
+    the members from scratch).
+    """
 
     name = "ddim"
     version = "1"
-    description = "no defense: the plain denoiser trained on the members, sampled with DDIM (η = 0)"
+    description = ("no defense: the plain denoiser (pretrained on the public split, fine-tuned on the "
+                   "members), sampled with DDIM (η = 0)")
     paper = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models"
 
     def wrap(self, artifacts, ctx) -> AuditTarget:
@@ -21,6 +27,6 @@ class DDIM(Defense):
             schedule=ctx.schedule,
             splits=ctx.splits,
             ctx=ctx,
-            info={"train_seconds": ctx.denoiser_stats()["train_seconds"]},
+            info=ctx.training_info(),
         )
 

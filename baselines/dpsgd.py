@@ -36,7 +36,9 @@ class DPSGD(Defense):
 
     Poisson sampling, per-member clipping to ``max_grad_norm``, Gaussian noise with σ
     calibrated by Opacus to spend at most (``epsilon``, ``delta``) over the profile's
-    training steps; the ε actually spent is read back from the accountant.
+    training steps; the ε actually spent is read back from the accountant.  Training
+    starts from the checkpoint pretrained on the public split (the same one the other
+    defenses fine-tune): the public data costs no privacy, the members' fine-tune does.
     """
 
     name = "dpsgd"
@@ -59,8 +61,10 @@ class DPSGD(Defense):
             import torch
 
             torch.manual_seed(ctx.seed)
+            # Public pretraining, then private fine-tuning: only the fine-tune touches the
+            # members, so only it is accounted (as DP diffusion models are trained in practice).
             ema, stats = train_private_denoiser(
-                ctx.new_unet(), ctx.splits.members, schedule=ctx.schedule,
+                ctx.new_unet(pretrained=True), ctx.splits.members, schedule=ctx.schedule,
                 steps=prof.train_steps, batch_size=prof.batch_size,
                 learning_rate=prof.learning_rate, ema_decay=prof.ema_decay, seed=ctx.seed,
                 target_epsilon=p.epsilon, target_delta=p.delta, max_grad_norm=p.max_grad_norm,
@@ -83,7 +87,8 @@ class DPSGD(Defense):
             schedule=ctx.schedule,
             splits=ctx.splits,
             ctx=ctx,
-            info=dict(artifacts["stats"]),
+            info={**dict(artifacts["stats"]), **{k: v for k, v in ctx.training_info().items()
+                                                 if k == "pretrain_seconds"}},
         )
 
     def figures(self, target: AuditTarget) -> list[Metric]:

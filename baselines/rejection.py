@@ -103,7 +103,7 @@ class Rejection(Defense):
             return sample_images(
                 model, k, schedule=ctx.schedule, shape=ctx.splits.image_shape,
                 steps=ctx.profile.ddim_steps, seed=seed, batch_size=ctx.profile.sample_batch_size,
-                device=ctx.device, progress=ctx.progress,
+                clip_denoised=ctx.profile.clip_x0, device=ctx.device, progress=ctx.progress,
             )
 
         def draw(n: int, seed: int):
@@ -114,7 +114,7 @@ class Rejection(Defense):
         return AuditTarget(
             key=ctx.target_key(self), model=model, schedule=ctx.schedule, splits=ctx.splits,
             ctx=ctx, draw=draw,
-            info={"train_seconds": ctx.denoiser_stats()["train_seconds"],
+            info={**ctx.training_info(),
                   "threshold": cal.threshold, "quantile": cal.quantile, "feature": p.feature},
         )
 

@@ -150,6 +150,7 @@ class AuditTarget:
             steps=self._ctx.profile.ddim_steps,
             seed=seed,
             batch_size=self._ctx.profile.sample_batch_size,
+            clip_denoised=self._ctx.profile.clip_x0,
             device=self.device,
             progress=self._ctx.progress,
         ), {}
@@ -187,8 +188,13 @@ class Defense(Plugin):
     def figures(self, target: AuditTarget) -> list[Metric]:
         """Figures that belong to the defense itself (costs); stored under attack ``defense``."""
         out = []
+        if "pretrain_seconds" in target.info:
+            out.append(Metric("pretrain_seconds", target.info["pretrain_seconds"],
+                              description="pretraining on the public split (shared, cached)"))
         if "train_seconds" in target.info:
-            out.append(Metric("train_seconds", target.info["train_seconds"], direction=None))
+            out.append(Metric("train_seconds", target.info["train_seconds"], direction=None,
+                              description="training on the members (the fine-tune when "
+                                          "pretrained)"))
         for (n, _seed), info in sorted(target.sample_info.items()):
             if "sampling_seconds" in info:
                 out.append(

@@ -17,25 +17,28 @@ class Profile:
     # data
     image_size: int
     n_members: int
-    pool_size: int
+    pool_size: int  # members + holdout are drawn from a pool of at most this many images
+    n_public: int  # public images (disjoint from the pool) the denoiser is pretrained on; 0: none
     # denoiser (U-Net + DDPM training)
     unet_channels: tuple[int, ...]
     unet_attention: bool
     num_timesteps: int
     schedule: str
-    train_steps: int
+    pretrain_steps: int  # steps on the public split (paper 001 starts from a pretrained model)
+    train_steps: int  # steps on the members: the fine-tune (from scratch when there is no public)
     batch_size: int
     learning_rate: float
     ema_decay: float
     # sampling and attacks
     ddim_steps: int
+    clip_x0: bool  # clip DDIM's x̂₀ to [-1, 1] at every step (paper 001's DDIM does not)
     n_samples: int
     sample_batch_size: int
     top_k_pairs: int
     holdout_quantile: float
     # defenses and attacks that later issues add read these
-    classifier_steps: int = 500
-    classifier_loss_target: float = 0.05
+    classifier_steps: int = 500  # CPSample classifier's step budget (phase 1; +1/4 if relabelled)
+    classifier_loss_target: float = 0.05  # its members' cross-entropy at t = 0 (paper 001, Sec. 3.2)
     n_permutations: int = 100
     mia_noise_draws: int = 4
     fid_n: int = 256  # samples (and real images) per FID; FID is biased at small n
@@ -58,15 +61,18 @@ PROFILES: dict[str, Profile] = {
         image_size=8,
         n_members=32,
         pool_size=256,
+        n_public=64,
         unet_channels=(16, 32),
         unet_attention=False,
         num_timesteps=100,
         schedule="linear",
+        pretrain_steps=20,
         train_steps=20,
         batch_size=16,
         learning_rate=1e-3,
         ema_decay=0.9,
         ddim_steps=5,
+        clip_x0=False,
         n_samples=32,
         sample_batch_size=32,
         top_k_pairs=4,
@@ -84,15 +90,18 @@ PROFILES: dict[str, Profile] = {
         image_size=16,
         n_members=128,
         pool_size=2048,
+        n_public=1000,
         unet_channels=(32, 64, 64),
         unet_attention=False,
         num_timesteps=1000,
         schedule="linear",
+        pretrain_steps=3000,
         train_steps=3000,
         batch_size=64,
         learning_rate=1e-3,
         ema_decay=0.999,
         ddim_steps=50,
+        clip_x0=False,
         n_samples=1000,
         sample_batch_size=250,
         top_k_pairs=16,
@@ -107,15 +116,18 @@ PROFILES: dict[str, Profile] = {
         image_size=32,
         n_members=1000,
         pool_size=20_000,
+        n_public=20_000,
         unet_channels=(64, 128, 256),
         unet_attention=True,
         num_timesteps=1000,
         schedule="linear",
+        pretrain_steps=200_000,
         train_steps=100_000,
         batch_size=128,
         learning_rate=2e-4,
         ema_decay=0.9999,
         ddim_steps=1000,
+        clip_x0=False,
         n_samples=10_000,
         sample_batch_size=500,
         top_k_pairs=32,

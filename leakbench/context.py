@@ -64,6 +64,7 @@ class RunContext:
             image_size=self.profile.image_size,
             n_members=self.profile.n_members,
             pool_size=self.profile.pool_size,
+            n_public=self.profile.n_public,
             seed=self.seed,
             options=self.split_options,
         )
@@ -74,22 +75,36 @@ class RunContext:
 
         return make_schedule(self.profile.schedule, self.profile.num_timesteps)
 
-    def training_spec(self) -> dict[str, Any]:
-        """Everything that determines the plain denoiser's weights."""
+    def _optimisation_spec(self, steps: int) -> dict[str, Any]:
         p = self.profile
         return {
             "engine": ENGINE_VERSION,
-            "splits": self.splits.hash,
             "seed": self.seed,
             "unet": {"channels": list(p.unet_channels), "attention": p.unet_attention},
             "schedule": p.schedule,
             "num_timesteps": p.num_timesteps,
-            "train_steps": p.train_steps,
+            "steps": steps,
             "batch_size": p.batch_size,
             "learning_rate": p.learning_rate,
             "ema_decay": p.ema_decay,
             "device": self.device.split(":")[0],
         }
+
+    def pretraining_spec(self) -> dict[str, Any] | None:
+        """Everything that determines the public checkpoint; None without public pretraining.
+
+        It holds the public images' hash and never the members': changing the members
+        reuses the same pretrained denoiser.
+        """
+        if not self.splits.n_public or not self.profile.pretrain_steps:
+            return None
+        return {"public": self.splits.public_hash,
+                **self._optimisation_spec(self.profile.pretrain_steps)}
+
+    def training_spec(self) -> dict[str, Any]:
+        """Everything that determines the plain denoiser's weights: its start and the members."""
+        return {"splits": self.splits.hash, "init": self.pretraining_spec(),
+                **self._optimisation_spec(self.profile.train_steps)}
 
     def target_key(self, defense, **extra: Any) -> str:
         """Cache key of a defended target: training inputs, profile, defense and its params."""
@@ -106,10 +121,57 @@ class RunContext:
             **extra,
         })
 
-    def new_unet(self):
+    @functools.cache  # noqa: B019  (one context per dataset; lives for the session)
+    def _pretrained_payload(self) -> dict[str, Any] | None:
+        from leakbench.diffusion.training import train_denoiser
+
+        spec = self.pretraining_spec()
+        if spec is None:
+            return None
+        p = self.profile
+
+        def build():
+            import numpy as np
+            import torch
+
+            # A stream of its own, so pretraining and fine-tuning do not reuse (t, ε) draws.
+            seed = int(np.random.SeedSequence([self.seed, 0x9B1C]).generate_state(1)[0])
+            torch.manual_seed(seed)
+            ema, stats = train_denoiser(
+                self.new_unet(), self.splits.public, schedule=self.schedule,
+                steps=p.pretrain_steps, batch_size=p.batch_size, learning_rate=p.learning_rate,
+                ema_decay=p.ema_decay, seed=seed, device=self.device,
+                progress=self.progress,
+                desc=f"pretraining denoiser on {self.splits.n_public} public images",
+            )
+            return {"state_dict": ema.state_dict(), "stats": stats}
+
+        return self.cache.get_or_build("pretrained", spec, build,
+                                       label=f"public denoiser {self.dataset}")
+
+    def public_state_dict(self) -> dict[str, Any] | None:
+        """The U-Net weights pretrained on ``public`` (EMA), or None when there is no public split."""
+        payload = self._pretrained_payload()
+        return None if payload is None else payload["state_dict"]
+
+    def public_denoiser(self):
+        """The U-Net pretrained on the public split only (cached), or None without one."""
+        state = self.public_state_dict()
+        if state is None:
+            return None
+        model = self.new_unet()
+        model.load_state_dict(state)
+        return model.to(self.device).eval().requires_grad_(False)
+
+    def new_unet(self, *, pretrained: bool = False):
+        """A fresh U-Net of the profile's size; ``pretrained`` starts it from the public checkpoint."""
         from leakbench.diffusion.unet import UNet
 
-        return UNet(self.splits.channels, self.profile.unet_channels, self.profile.unet_attention)
+        model = UNet(self.splits.channels, self.profile.unet_channels, self.profile.unet_attention)
+        state = self.public_state_dict() if pretrained else None
+        if state is not None:
+            model.load_state_dict(state)
+        return model
 
     @functools.cache  # noqa: B019  (one context per dataset; lives for the session)
     def _denoiser_payload(self) -> dict[str, Any]:
@@ -120,13 +182,16 @@ class RunContext:
         def build():
             import torch
 
+            # Paper 001 (App. C): start from the pretrained checkpoint, fine-tune on the members
+            # with the pretraining hyper-parameters (no public split: a seeded fresh start).
             torch.manual_seed(self.seed)
-            model = self.new_unet()
+            model = self.new_unet(pretrained=True)
             ema, stats = train_denoiser(
                 model, self.splits.members, schedule=self.schedule, steps=p.train_steps,
                 batch_size=p.batch_size, learning_rate=p.learning_rate, ema_decay=p.ema_decay,
                 seed=self.seed, device=self.device, progress=self.progress,
-                desc=f"training denoiser on {self.dataset}",
+                desc=(f"fine-tuning denoiser on {len(self.splits.members)} members"
+                      if self.pretraining_spec() else f"training denoiser on {self.dataset}"),
             )
             return {"state_dict": ema.state_dict(), "stats": stats}
 
@@ -134,10 +199,26 @@ class RunContext:
                                        label=f"denoiser {self.dataset}")
 
     def denoiser(self):
-        """The plain ε-prediction U-Net trained on the members (cached; shared by defenses)."""
+        """The plain ε-prediction U-Net fine-tuned on the members (cached; shared by defenses)."""
         model = self.new_unet()
         model.load_state_dict(self._denoiser_payload()["state_dict"])
         return model.to(self.device).eval().requires_grad_(False)
 
+    def pretrain_stats(self) -> dict[str, Any]:
+        """Training figures of the public checkpoint ({} without public pretraining)."""
+        payload = self._pretrained_payload()
+        return {} if payload is None else dict(payload["stats"])
+
     def denoiser_stats(self) -> dict[str, Any]:
-        return dict(self._denoiser_payload()["stats"])
+        """``train_seconds`` of the fine-tune on the members, and ``pretrain_seconds`` if any."""
+        stats = dict(self._denoiser_payload()["stats"])
+        pre = self.pretrain_stats()
+        if pre:
+            stats["pretrain_seconds"] = pre["train_seconds"]
+            stats["pretrain_steps"] = pre["train_steps"]
+        return stats
+
+    def training_info(self) -> dict[str, Any]:
+        """The shared denoiser's costs for a target's ``info``: fine-tune and pretraining seconds."""
+        stats = self.denoiser_stats()
+        return {k: stats[k] for k in ("train_seconds", "pretrain_seconds") if k in stats}

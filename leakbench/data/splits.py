@@ -1,8 +1,13 @@
-"""Members / holdout / population splits with a hashed manifest.
+"""Public / members / holdout / population splits with a hashed manifest.
 
-The pool is a seeded random subset of the source (``pool_size`` images); members
-are the first ``n_members`` of it (what the denoiser trains on), holdout the rest
-(same distribution, never trained on), population all of the pool.
+One seeded permutation of the source orders every image.  ``public`` is its last
+``n_public`` images: the data a denoiser is pretrained on before it ever sees a member
+(paper 001 fine-tunes a pretrained model), never a member, never used for thresholds.
+The pool is the start of the permutation (at most ``pool_size`` images, never reaching
+into ``public``); members are its first ``n_members`` (what the denoiser is fine-tuned
+on), holdout the rest (same distribution, never trained on), population both.
+Because ``public`` is cut from the end of the same permutation, it does not change
+when the member count does, so the pretrained checkpoint is shared across member counts.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 from leakbench.data.base import DatasetSource
 from leakbench.errors import DataError
 
-SPLIT_VERSION = "2"
+SPLIT_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -26,10 +31,13 @@ class SplitOptions:
 
     canary: bool = True  # replace one member by its fingerprinted copy (SAF, paper 003 Sec. 3.3)
     members: int | None = None  # member-set size; None: the profile's n_members
+    public: int | None = None  # public (pretraining) images; None: the profile's n_public; 0: none
 
     def __post_init__(self):
         if self.members is not None and self.members < 2:
             raise ValueError(f"members={self.members} must be at least 2")
+        if self.public is not None and self.public < 0:
+            raise ValueError(f"public={self.public} must be 0 (no pretraining) or more images")
 
 
 def canary_radius(image_size: int) -> int:
@@ -63,7 +71,12 @@ def place_canary(rng: np.random.Generator, image_size: int, n_members: int) -> d
 
 @dataclass
 class Splits:
-    """Images as float32 tensors (N, C, H, W) in [-1, 1], with the manifest that made them."""
+    """Images as float32 tensors (N, C, H, W) in [-1, 1], with the manifest that made them.
+
+    ``hash`` identifies the whole manifest; ``public_hash`` only what the public images
+    depend on (the source, the seed, the size and the public indices), so a model
+    pretrained on ``public`` is keyed independently of the members.
+    """
 
     members: Any
     holdout: Any
@@ -71,13 +84,21 @@ class Splits:
     holdout_labels: np.ndarray | None
     manifest: dict[str, Any]
     hash: str
+    public: Any = None
+    public_labels: np.ndarray | None = None
+    public_hash: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def population(self):
+        """Members and holdout (never the public images)."""
         import torch
 
         return torch.cat([self.members, self.holdout])
+
+    @property
+    def n_public(self) -> int:
+        return 0 if self.public is None else int(len(self.public))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -104,6 +125,7 @@ def make_splits(
     n_members: int,
     pool_size: int,
     seed: int,
+    n_public: int = 0,
     options: SplitOptions | None = None,
 ) -> Splits:
     """Deterministic splits: same source, sizes and seed give the same manifest and hash.
@@ -116,30 +138,40 @@ def make_splits(
     options = options or SplitOptions()
     if options.members is not None:
         n_members = options.members
+    if options.public is not None:
+        n_public = options.public
     raw = source.load(image_size)
     n = len(raw.images)
     if n_members < 1:
         raise DataError(f"The profile asks for {n_members} members; it needs at least 1.")
-    if n < 2 * n_members:
+    if n - n_public < 2 * n_members:
         raise DataError(
             f"Dataset {source.spec} has {n} images but the profile needs {n_members} members plus "
-            f"at least as many holdout images ({2 * n_members} in all); use a smaller profile or "
-            "a larger dataset."
+            f"at least as many holdout images ({2 * n_members} in all) besides {n_public} public "
+            "images; use a smaller profile, fewer public images (dataset param public=N) or a "
+            "larger dataset."
         )
     rng = np.random.default_rng(seed)
-    pool = rng.permutation(n)[: max(min(pool_size, n), 2 * n_members)]
+    order = rng.permutation(n)
+    public_idx = np.sort(order[n - n_public:]) if n_public else np.zeros(0, np.int64)
+    pool = order[: max(min(pool_size, n - n_public), 2 * n_members)]
     member_idx = np.sort(pool[:n_members])
     holdout_idx = np.sort(pool[n_members:])
+    fingerprint = source.fingerprint(image_size)
     manifest = {
         "version": SPLIT_VERSION,
-        "dataset": source.fingerprint(image_size),
+        "dataset": fingerprint,
         "seed": int(seed),
         "image_size": int(image_size),
         "n_source": int(n),
         "members": member_idx.tolist(),
         "holdout": holdout_idx.tolist(),
+        "public": public_idx.tolist(),
         "canary": None,
     }
+    # What the public images depend on, and nothing else: never the members.
+    public_manifest = {key: manifest[key] for key in
+                       ("version", "dataset", "seed", "image_size", "n_source", "public")}
     images = raw.images
     extras: dict[str, Any] = {"source_info": raw.info}
     if options.canary:
@@ -164,5 +196,8 @@ def make_splits(
         holdout_labels=None if labels is None else labels[holdout_idx],
         manifest=manifest,
         hash=manifest_hash(manifest),
+        public=to_tensor(public_idx) if n_public else None,
+        public_labels=None if labels is None or not n_public else labels[public_idx],
+        public_hash=manifest_hash(public_manifest) if n_public else None,
         extras=extras,
     )

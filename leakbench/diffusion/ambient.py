@@ -31,9 +31,13 @@ def erasure_masks(
     return (torch.rand((n, 1, *size), generator=generator) >= p).float()
 
 
-def member_masks(n: int, size: tuple[int, int], p: float, seed: int) -> torch.Tensor:
-    """The members' fixed masks A, from a stream of their own (independent of training's)."""
-    stream = int(np.random.SeedSequence([int(seed), 0xA4B1E4]).generate_state(1)[0])
+def member_masks(n: int, size: tuple[int, int], p: float, seed: int, *,
+                 salt: int = 0xA4B1E4) -> torch.Tensor:
+    """The members' fixed masks A, from a stream of their own (independent of training's).
+
+    ``salt`` names the stream: the public images get masks of another stream.
+    """
+    stream = int(np.random.SeedSequence([int(seed), int(salt)]).generate_state(1)[0])
     return erasure_masks(n, size, p, torch.Generator().manual_seed(stream))
 
 
@@ -143,6 +147,7 @@ def sample_fixed_mask(
     delta: float,
     seed: int,
     batch_size: int = 256,
+    clip_denoised: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> torch.Tensor:
@@ -162,7 +167,8 @@ def sample_fixed_mask(
     for start in range(0, n, batch_size):
         x = x_T[start : start + batch_size].to(device)
         model = FixedMaskDenoiser(net, masks[start : start + batch_size].to(device), schedule)
-        out.append(ddim_sample(model, x, timesteps, schedule=schedule, generator=gen).clamp(-1, 1).cpu())
+        out.append(ddim_sample(model, x, timesteps, schedule=schedule, generator=gen,
+                               clip_denoised=clip_denoised).clamp(-1, 1).cpu())
         bar.update(len(x))
     bar.close()
     return torch.cat(out) if out else torch.empty((0, *shape))
