@@ -196,7 +196,8 @@ class SAF(Attack):
             # Run the target's own reverse process from t to 0 and ask both classifiers.
             timesteps = ddim_timesteps(big_t, ctx.profile.ddim_steps, t_start=int(t))
             out = ddim_sample(target.predict_noise, x_t.to(ctx.device), timesteps,
-                              schedule=target.schedule).clamp(-1, 1).cpu()
+                              schedule=target.schedule,
+                              clip_denoised=ctx.profile.clip_x0).clamp(-1, 1).cpu()
             p_hat.append(float(both_fire(out).mean()))
         return t_grid, np.asarray(p_hat)
 

@@ -27,13 +27,15 @@ def ddim_sample(
     *,
     schedule: NoiseSchedule,
     eta: float = 0.0,
-    clip_denoised: bool = True,
+    clip_denoised: bool = False,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
     """Run DDIM from x at ``timesteps[0]`` down through ``timesteps`` to x₀.
 
     ``model(x_t, t) -> ε̂``.  At η = 0 the update is deterministic given x.
+    ``clip_denoised`` clamps x̂₀ to [-1, 1] at every step and recomputes ε̂ from it (as
+    diffusers' ``clip_sample`` does); the DDIM code of Song et al. and paper 001 do not.
     ``callback`` receives ``{"i", "t", "x", "x0", "eps"}`` after every step.
     """
     alpha_bar = schedule.alpha_bar
@@ -72,6 +74,7 @@ def sample_images(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     eta: float = 0.0,
+    clip_denoised: bool = False,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
@@ -87,8 +90,8 @@ def sample_images(
     bar = tqdm(total=n, desc="DDIM sampling", unit="img", disable=not progress, leave=False)
     for start in range(0, n, batch_size):
         x = x_T[start : start + batch_size].to(device)
-        x0 = ddim_sample(model, x, timesteps, schedule=schedule, eta=eta, generator=gen,
-                         callback=callback)
+        x0 = ddim_sample(model, x, timesteps, schedule=schedule, eta=eta,
+                         clip_denoised=clip_denoised, generator=gen, callback=callback)
         out.append(x0.clamp(-1, 1).cpu())
         bar.update(len(x))
     bar.close()
