@@ -9,6 +9,7 @@ the same for every attack (``membership_metrics``) and come from ``leakbench.sta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,19 @@ DELTA = 1e-5
 """δ of the empirical ε lower bound."""
 
 FPR_POINTS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+
+
+def unresolvable_fpr(fpr: float, n_negatives: int) -> str | None:
+    """Why TPR at ``fpr`` cannot be measured from ``n_negatives`` negatives, or None if it can.
+
+    The smallest non-zero FPR an ROC curve on n negatives reaches is 1/n, so an FPR
+    point below it is not a measurement: it needs at least ⌈1/fpr⌉ negatives.
+    """
+    needed = math.ceil(1 / fpr - 1e-9)
+    if n_negatives >= needed:
+        return None
+    return (f"TPR at {fpr:g} FPR needs at least {needed} non-member images; only {n_negatives} "
+            f"were scored (the smallest non-zero FPR they resolve is 1/{n_negatives})")
 
 
 @dataclass(frozen=True)
@@ -124,13 +138,15 @@ def membership_metrics(
     n_bootstrap: int,
     seed: int,
     statistic_name: str,
-) -> tuple[list[Metric], dict[str, np.ndarray]]:
+) -> tuple[list[Metric], dict[str, np.ndarray], dict[str, str]]:
     """The metric set of every membership attack, from a statistic that is lower for members.
 
     ``z``/``p_value``: the one-sided two-sample Z test of CPSample Sec. 4.3 on the statistic
     (holdout playing "test", members "train"); ``auc`` and TPR at 1 % / 0.1 % FPR with
     percentile-bootstrap CIs; ``eps_lower_bound``: the Jagielski et al. (2020) ε at δ = 1e-5,
     its threshold chosen on the calibration split and evaluated on the scored images.
+    A TPR at an FPR the negatives cannot resolve is not reported: the third value maps
+    its name to the reason (``unresolvable_fpr``).
     """
     # Members should score higher: the membership score is −s(x).
     pos, neg = -np.asarray(member_stat, np.float64), -np.asarray(holdout_stat, np.float64)
@@ -151,7 +167,13 @@ def membership_metrics(
                                                     seed=seed),
                           n=n, direction="lower", bounds=(0.0, 1.0),
                           description="ROC AUC of members vs holdout (0.5 = chance)"))
+    missing: dict[str, str] = {}
     for name, fpr in FPR_POINTS.items():
+        reason = unresolvable_fpr(fpr, neg.size)
+        if reason is not None:
+            missing[name] = reason
+            continue
+
         def stat(a, b, fpr=fpr):
             return tpr_at_fpr(a, b, fpr)
 
@@ -172,7 +194,7 @@ def membership_metrics(
     arrays = {"member_stat": np.asarray(member_stat, np.float32),
               "holdout_stat": np.asarray(holdout_stat, np.float32),
               "roc_fpr": fpr_arr.astype(np.float32), "roc_tpr": tpr_arr.astype(np.float32)}
-    return metrics, arrays
+    return metrics, arrays, missing
 
 
 Statistic = Callable[[torch.Tensor, list[int], int, tqdm], dict[int, np.ndarray]]
@@ -219,7 +241,7 @@ def run_membership_attack(
               for role in ("eval_members", "eval_holdout")}
     bar.close()
 
-    metrics, arrays = membership_metrics(
+    metrics, arrays, missing = membership_metrics(
         scored["eval_members"], scored["eval_holdout"],
         calib_member_stat=calib["calib_members"][t], calib_holdout_stat=calib["calib_holdout"][t],
         n_bootstrap=n_bootstrap, seed=ctx.seed, statistic_name=statistic_name)
@@ -233,6 +255,8 @@ def run_membership_attack(
             "n_calibration": 2 * len(split.calib_members),
             "n_members_scored": len(split.eval_members),
             "n_holdout_scored": len(split.eval_holdout)}
+    if missing:
+        info["missing_metrics"] = missing
     return metrics, arrays, info
 
 

@@ -12,7 +12,8 @@ from leakbench.api import AuditTarget
 from leakbench.membership import ddim_step, membership_split, timestep_grid
 
 ATTACKS = ["loss_mia", "secmi", "pia"]
-METRICS = ["z", "p_value", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "eps_lower_bound"]
+METRICS = ["z", "p_value", "auc", "eps_lower_bound"]
+FPR_METRICS = ["tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"]
 
 
 def attack(name: str, **params):
@@ -54,7 +55,10 @@ def test_memorising_oracle_is_detected(smoke_ctx, name):
     assert finding.value("auc") > 0.9
     assert finding.value("p_value") < 0.01
     assert finding.value("eps_lower_bound") > 0.5
-    assert finding.value("tpr_at_1pct_fpr") > 0.5
+    # 24 scored holdout images cannot resolve 1 % or 0.1 % FPR: no number, a reason instead.
+    assert finding.info["n_holdout_scored"] < 100
+    assert not set(FPR_METRICS) & {m.name for m in finding.metrics}
+    assert set(finding.info["missing_metrics"]) == set(FPR_METRICS)
     for m in finding.metrics:
         assert np.isfinite(m.value)
         if m.ci_low is not None:
@@ -116,3 +120,32 @@ def test_same_seed_same_numbers(smoke_ctx):
     b = attack("loss_mia", n_bootstrap=50).run(target, smoke_ctx)
     assert [(m.name, m.value, m.ci_low) for m in a.metrics] == \
         [(m.name, m.value, m.ci_low) for m in b.metrics]
+
+
+@pytest.mark.parametrize("n_neg, resolved", [(96, []), (100, ["tpr_at_1pct_fpr"]),
+                                              (999, ["tpr_at_1pct_fpr"]), (1000, FPR_METRICS)])
+def test_an_fpr_point_the_negatives_cannot_resolve_is_missing_with_its_reason(n_neg, resolved):
+    from leakbench.membership import membership_metrics
+
+    rng = np.random.default_rng(0)
+    members, holdout = rng.normal(-1, 1, 50), rng.normal(0, 1, n_neg)
+    metrics, _, missing = membership_metrics(
+        members, holdout, calib_member_stat=members[:10], calib_holdout_stat=holdout[:10],
+        n_bootstrap=20, seed=0, statistic_name="s")
+    names = {m.name for m in metrics}
+    assert [k for k in FPR_METRICS if k in names] == resolved
+    assert set(missing) == set(FPR_METRICS) - set(resolved)
+    for reason in missing.values():
+        assert f"only {n_neg} were scored" in reason
+
+
+def test_missing_fpr_reason_reaches_the_results_store(smoke_harness):
+    h = smoke_harness
+    h.run_cell("digits", "ddim", "loss_mia[n_bootstrap=10]")
+    import json
+
+    finding = [f for f in h.store.findings() if f["attack"] == "loss_mia[n_bootstrap=10]"][-1]
+    missing = json.loads(finding["info"])["missing_metrics"]
+    assert "tpr_at_0.1pct_fpr" in missing and "needs at least 1000" in missing["tpr_at_0.1pct_fpr"]
+    stored = {r["metric"] for r in h.store.rows() if r["attack"] == "loss_mia[n_bootstrap=10]"}
+    assert "auc" in stored and "tpr_at_0.1pct_fpr" not in stored
