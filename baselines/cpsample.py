@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from leakbench.api import AuditTarget, Defense, Metric
 
-CLASSIFIER_VERSION = "1"  # bump when the classifier or its training loop change numbers
+CLASSIFIER_VERSION = "2"  # bump when the classifier or its training loop change numbers
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class CPSampleParams:
     # 0% but moved samples far off (median 0.75).
     alpha: float = 0.25  # tolerance α: guide when p_φ(y | x_t, t) < α for one label
     scale: float = 100.0  # guidance scale s
-    classifier_width: int = 16  # base channels of p_φ (the U-Net's multipliers at this base)
+    classifier_width: int | None = None  # base channels of p_φ; None: the U-Net's (App. C)
 
     def __post_init__(self):
         if not 0.0 < self.alpha <= 0.5:
@@ -32,7 +32,7 @@ class CPSampleParams:
                              "classifier gives one label a probability below alpha")
         if not self.scale >= 0.0:
             raise ValueError(f"scale={self.scale} must be a non-negative guidance scale s")
-        if self.classifier_width < 1:
+        if self.classifier_width is not None and self.classifier_width < 1:
             raise ValueError(f"classifier_width={self.classifier_width} must be a positive "
                              "number of channels")
 
@@ -47,10 +47,15 @@ class CPSample(Defense):
                    "random labels (alpha = tolerance, scale = s, tau = 0.001)")
     paper = "Kazdan et al., CPSample: Classifier-Protected Sampling (paper 001)"
 
-    def classifier_spec(self, ctx) -> dict:
-        """Everything that determines the classifier's weights (not α or s)."""
+    def classifier_channels(self, ctx) -> tuple[int, ...]:
+        """The U-Net's channel multipliers at the classifier's base width (App. C: the same)."""
         from leakbench.diffusion.classifier import classifier_channels
 
+        unet = ctx.profile.unet_channels
+        return classifier_channels(unet, self.params.classifier_width or unet[0])
+
+    def classifier_spec(self, ctx) -> dict:
+        """Everything that determines the classifier's weights (not α or s)."""
         p = ctx.profile
         return {
             "training": ctx.training_spec(),
@@ -59,7 +64,7 @@ class CPSample(Defense):
             "classifier": {
                 "version": CLASSIFIER_VERSION,
                 "arch": "TimeEncoder",
-                "channels": list(classifier_channels(p.unet_channels, self.params.classifier_width)),
+                "channels": list(self.classifier_channels(ctx)),
                 "attention": False,
             },
             "profile": {"classifier_steps": p.classifier_steps,
@@ -69,11 +74,9 @@ class CPSample(Defense):
         }
 
     def _new_classifier(self, ctx):
-        from leakbench.diffusion.classifier import classifier_channels
         from leakbench.diffusion.unet import TimeEncoder
 
-        channels = classifier_channels(ctx.profile.unet_channels, self.params.classifier_width)
-        return TimeEncoder(ctx.splits.channels, channels, num_classes=2)
+        return TimeEncoder(ctx.splits.channels, self.classifier_channels(ctx), num_classes=2)
 
     def train(self, ctx):
         import torch
@@ -117,7 +120,7 @@ class CPSample(Defense):
             images = sample_images(
                 guided, n, schedule=ctx.schedule, shape=ctx.splits.image_shape,
                 steps=ctx.profile.ddim_steps, seed=seed, batch_size=ctx.profile.sample_batch_size,
-                device=ctx.device, progress=ctx.progress,
+                clip_denoised=ctx.profile.clip_x0, device=ctx.device, progress=ctx.progress,
             )
             return images, {"guided_fraction": guided.guided_fraction,
                             "guided_pairs": guided.guided, "pairs": guided.pairs}
@@ -126,24 +129,67 @@ class CPSample(Defense):
         return AuditTarget(
             key=ctx.target_key(self), model=guided, schedule=ctx.schedule, splits=ctx.splits,
             ctx=ctx, draw=draw,
-            info={"train_seconds": ctx.denoiser_stats()["train_seconds"],
+            info={**ctx.training_info(),
                   "classifier_train_seconds": stats["train_seconds"],
-                  "classifier": dict(stats), "tau": TAU},
+                  "classifier": dict(stats), "tau": TAU,
+                  **self.guide_fractions(artifacts["classifier"], ctx)},
         )
 
+    def guide_fractions(self, classifier, ctx, max_images: int = 256) -> dict[str, float]:
+        """How often the classifier would guide near holdout images, and near members.
+
+        Both sets are noised to every DDIM step's t with the same fixed draws (at most
+        ``max_images`` each).  CPSample's premise is a classifier confident near the members
+        only: a holdout fraction close to the members' says the guidance is not specific.
+        """
+        from leakbench.diffusion.classifier import guide_fraction
+        from leakbench.diffusion.sampling import ddim_timesteps
+
+        steps = ddim_timesteps(ctx.schedule.num_timesteps, ctx.profile.ddim_steps)
+        return {
+            f"{role}_guided_fraction": guide_fraction(
+                classifier, images[:max_images], ctx.schedule, steps, alpha=self.params.alpha,
+                seed=ctx.seed)
+            for role, images in (("holdout", ctx.splits.holdout), ("member", ctx.splits.members))
+        }
+
     def figures(self, target: AuditTarget) -> list[Metric]:
-        stats = target.info["classifier"]
+        info, stats = target.info, target.info["classifier"]
+        met = stats["reached_target"]
+        assumption = (f"Assumption 2 holds at t = 0: members' cross-entropy {stats['loss_t0']:.3g} "
+                      f"< {stats['loss_target']:g}" if met else
+                      f"ASSUMPTION 2 NOT MET: members' cross-entropy at t = 0 is "
+                      f"{stats['loss_t0']:.3g} >= {stats['loss_target']:g} after {stats['steps']} "
+                      "steps; the classifier has not memorised the members, so read this "
+                      "defense's privacy numbers with care")
         out = super().figures(target) + [
             Metric("classifier_train_seconds", stats["train_seconds"],
                    description=f"{stats['steps']} classifier steps"),
+            Metric("classifier_assumption2", float(met), bounds=(0.0, 1.0), description=assumption),
+            Metric("classifier_loss_t0", stats["loss_t0"], bounds=(0.0, None),
+                   description="members' cross-entropy at t = 0 (paper 001, Assumption 2 / "
+                               "Sec. 3.2: below 0.05); " + assumption),
+            Metric("classifier_kappa", stats["kappa"], bounds=(0.0, 1.0),
+                   description="1 − min over members of p_φ(y_i | x_i, 0): Assumption 2 holds "
+                               "for any κ above it (meaningful below 1/2)"),
             Metric("classifier_loss", stats["final_loss"],
                    description="members' cross-entropy at uniform t (EMA classifier)"),
+            *[Metric(f"classifier_loss_q{q + 1}", loss, bounds=(0.0, None),
+                     description=f"members' cross-entropy with t in quarter {q + 1} of [0, T)")
+              for q, loss in enumerate(stats["loss_quarters"])],
             Metric("classifier_accuracy", stats["final_accuracy"], bounds=(0.0, 1.0),
                    description="members' accuracy at uniform t"),
             Metric("classifier_clean_accuracy", stats["clean_accuracy"], bounds=(0.0, 1.0),
                    description="members' accuracy at t = 0, after relabelling"),
             Metric("classifier_relabelled", stats["relabelled"],
                    description="members relabelled to the common label"),
+            Metric("holdout_guided_fraction", info["holdout_guided_fraction"], bounds=(0.0, 1.0),
+                   description="fraction of (holdout image, DDIM step) pairs, holdout images noised "
+                               "to each step's t, at which the classifier would guide; CPSample "
+                               "assumes it is confident near members only (compare "
+                               "member_guided_fraction)"),
+            Metric("member_guided_fraction", info["member_guided_fraction"], bounds=(0.0, 1.0),
+                   description="the same for the members"),
         ]
         for (_n, _seed), info in sorted(target.sample_info.items()):
             if "guided_fraction" in info:

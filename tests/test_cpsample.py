@@ -172,3 +172,55 @@ def test_bad_params_are_refused(bad):
 
     with pytest.raises(UsageError):
         resolve_plugin(DEFENSES, bad)
+
+
+def test_classifier_stops_once_assumption_2_holds_at_t0():
+    """Distinct members with random labels: memorised at t = 0 well before the budget."""
+    from leakbench.diffusion.classifier import assumption2
+    from leakbench.diffusion.unet import TimeEncoder
+
+    gen = torch.Generator().manual_seed(1)
+    members = torch.rand(8, 1, 8, 8, generator=gen) * 2 - 1
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    sched = make_schedule("linear", 20)
+    torch.manual_seed(0)
+    clf, final, stats = train_classifier(
+        TimeEncoder(1, (8, 16)), members, labels, schedule=sched, steps=2000, loss_target=0.05,
+        batch_size=8, learning_rate=3e-3, ema_decay=0.9, seed=0, eval_every=25, progress=False)
+    assert stats["reached_target"] and stats["relabelled"] == 0 and torch.equal(final, labels)
+    assert stats["steps"] < 2000  # stopped by the rule, not by the budget
+    check = assumption2(clf, members, labels)
+    assert check["loss_t0"] < 0.05 and check["kappa"] < 0.5
+    assert len(stats["loss_quarters"]) == 4
+
+
+def test_classifier_that_cannot_memorise_relabels_and_says_so():
+    """Identical members with opposite labels: no classifier meets Assumption 2 before relabelling."""
+    from leakbench.diffusion.unet import TimeEncoder
+
+    gen = torch.Generator().manual_seed(2)
+    distinct = torch.rand(4, 1, 8, 8, generator=gen) * 2 - 1
+    members = torch.cat([distinct, distinct])
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0])  # every image carries both labels
+    sched = make_schedule("linear", 20)
+    torch.manual_seed(0)
+    _, final, stats = train_classifier(
+        TimeEncoder(1, (8, 16)), members, labels, schedule=sched, steps=300, loss_target=0.05,
+        batch_size=8, learning_rate=3e-3, ema_decay=0.9, seed=0, eval_every=25,
+        relabel_steps=0, progress=False)
+    assert stats["phase1_steps"] == 300 and stats["phase1_loss_t0"] >= 0.05
+    assert stats["relabelled"] >= 4 and not stats["reached_target"]
+    assert (final[final != labels] == COMMON_LABEL).all()
+
+
+def test_cpsample_figures_report_assumption_2_and_where_it_guides(smoke_harness):
+    built = smoke_harness.target("digits", "cpsample[alpha=0.5]")
+    figures = {m.name: m for m in built.defense.figures(built.target)}
+    for name in ("classifier_loss_t0", "classifier_kappa", "classifier_assumption2",
+                 "classifier_loss_q1", "classifier_loss_q4", "holdout_guided_fraction",
+                 "member_guided_fraction"):
+        assert name in figures
+    # At α = 1/2 every pair is guided, near holdout images too (except exact ties).
+    assert figures["holdout_guided_fraction"].value > 0.99
+    met = figures["classifier_assumption2"].value == 1.0
+    assert ("NOT MET" in figures["classifier_loss_t0"].description) != met
