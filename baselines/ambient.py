@@ -119,7 +119,7 @@ class Ambient(Defense):
 
         def build():
             A = member_masks(len(members), tuple(members.shape[-2:]), self.params.p, ctx.seed)
-            return self._fit(ctx, members, A, steps=ctx.profile.train_steps, seed=ctx.seed,
+            return self._fit(ctx, members, A, steps=ctx.member_train_steps, seed=ctx.seed,
                              init=None if pretrained is None else pretrained["state_dict"],
                              desc=f"training ambient denoiser on {ctx.dataset}")
 

@@ -65,7 +65,7 @@ class DPSGD(Defense):
             # members, so only it is accounted (as DP diffusion models are trained in practice).
             ema, stats = train_private_denoiser(
                 ctx.new_unet(pretrained=True), ctx.splits.members, schedule=ctx.schedule,
-                steps=prof.train_steps, batch_size=prof.batch_size,
+                steps=ctx.member_train_steps, batch_size=prof.batch_size,
                 learning_rate=prof.learning_rate, ema_decay=prof.ema_decay, seed=ctx.seed,
                 target_epsilon=p.epsilon, target_delta=p.delta, max_grad_norm=p.max_grad_norm,
                 noise_draws=p.noise_draws, accountant=p.accountant,

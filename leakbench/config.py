@@ -25,7 +25,7 @@ class Profile:
     num_timesteps: int
     schedule: str
     pretrain_steps: int  # steps on the public split (paper 001 starts from a pretrained model)
-    train_steps: int  # steps on the members: the fine-tune (from scratch when there is no public)
+    train_steps: int  # fine-tuning steps on the members (no public split: pretrain + train steps)
     batch_size: int
     learning_rate: float
     ema_decay: float
@@ -95,8 +95,13 @@ PROFILES: dict[str, Profile] = {
         unet_attention=False,
         num_timesteps=1000,
         schedule="linear",
-        pretrain_steps=3000,
-        train_steps=3000,
+        # Pretraining on 1,000 public digits, then fine-tuning on the 128 members: DDIM-50
+        # samples of the fine-tuned model replicate members (frac_above 8 % after 500 steps,
+        # 27 % after 1,000, 64 % after 2,000; 0.8 % for the public-only model), so 1,000
+        # fine-tuning steps reach the paper's regime "until replication appears" (measured
+        # after 3,000 pretraining steps; see the README for the 2,000 used here).
+        pretrain_steps=2000,
+        train_steps=1000,
         batch_size=64,
         learning_rate=1e-3,
         ema_decay=0.999,

@@ -101,10 +101,18 @@ class RunContext:
         return {"public": self.splits.public_hash,
                 **self._optimisation_spec(self.profile.pretrain_steps)}
 
+    @property
+    def member_train_steps(self) -> int:
+        """Steps on the members: the profile's fine-tune after public pretraining, or, with no
+        public split, pretraining's and fine-tuning's steps together (the same compute, all
+        of it on the members, as when every model here was trained from scratch)."""
+        p = self.profile
+        return p.train_steps if self.pretraining_spec() else p.pretrain_steps + p.train_steps
+
     def training_spec(self) -> dict[str, Any]:
         """Everything that determines the plain denoiser's weights: its start and the members."""
         return {"splits": self.splits.hash, "init": self.pretraining_spec(),
-                **self._optimisation_spec(self.profile.train_steps)}
+                **self._optimisation_spec(self.member_train_steps)}
 
     def target_key(self, defense, **extra: Any) -> str:
         """Cache key of a defended target: training inputs, profile, defense and its params."""
@@ -187,7 +195,7 @@ class RunContext:
             torch.manual_seed(self.seed)
             model = self.new_unet(pretrained=True)
             ema, stats = train_denoiser(
-                model, self.splits.members, schedule=self.schedule, steps=p.train_steps,
+                model, self.splits.members, schedule=self.schedule, steps=self.member_train_steps,
                 batch_size=p.batch_size, learning_rate=p.learning_rate, ema_decay=p.ema_decay,
                 seed=self.seed, device=self.device, progress=self.progress,
                 desc=(f"fine-tuning denoiser on {len(self.splits.members)} members"

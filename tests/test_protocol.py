@@ -78,6 +78,9 @@ def test_fine_tuning_starts_from_the_pretrained_weights(tmp_path, monkeypatch):
     assert scratch.public_denoiser() is None and scratch.pretraining_spec() is None
     fresh = scratch.denoiser().state_dict()
     assert not all(torch.equal(fresh[k], public[k]) for k in public)
+    # ... trained on the members for pretraining's and fine-tuning's steps together.
+    assert scratch.denoiser_stats()["train_steps"] == scratch.member_train_steps == 20 + 0
+    assert ctx.denoiser_stats()["train_steps"] == ctx.member_train_steps == 0
 
 
 def test_pretraining_and_fine_tuning_seconds_are_separate_figures(smoke_harness):
