@@ -103,7 +103,10 @@ def _coerce(value: str, kind: Any, *, key: str, owner: str) -> Any:
                     raise ValueError from None
                 return int(f)
         if kind is float:
-            return float(value)
+            f = float(value)
+            if f != f:  # NaN: no hyper-parameter means anything with it
+                raise UsageError(f"{owner}: {key}={value!r} is not a number; give a number.")
+            return f
         if kind is str:
             return value
     except ValueError:
