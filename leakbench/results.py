@@ -200,21 +200,21 @@ def _ro_uri(path: Path, immutable: bool = False) -> str:
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection; in a read-only folder, an immutable one if no WAL is pending."""
+    """A read-only connection; where SQLite cannot create its ``-shm`` index beside the file
+    (a read-only folder, a full disk), an immutable one if no write is pending in the WAL."""
     con = sqlite3.connect(_ro_uri(path), uri=True, timeout=60.0)
     try:
         con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return con
     except sqlite3.OperationalError as exc:
         con.close()
-        if "unable to open" not in str(exc):
+        if "unable to open" not in str(exc) and "disk I/O error" not in str(exc):
             raise
-    # SQLite cannot create the -shm file beside a WAL database in a read-only folder.
     wal = Path(f"{path}-wal")
     if wal.exists() and wal.stat().st_size > 0:
         raise StorageError(
-            f"{path} cannot be read in place: its folder is read-only and it has unmerged "
-            f"writes in {wal.name}; copy the folder somewhere writable and read the copy."
+            f"{path} cannot be read in place: its folder is read-only or full and it has "
+            f"unmerged writes in {wal.name}; copy the folder somewhere writable and read the copy."
         )
     con = sqlite3.connect(_ro_uri(path, immutable=True), uri=True)
     con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
@@ -282,7 +282,13 @@ def _quick_check(path: Path) -> str | None:
             con.close()
     except sqlite3.DatabaseError as exc:
         return f"SQLite: {exc}"
-    return None if problems == ["ok"] else f"integrity check: {problems[0]}"
+    return None if problems == ["ok"] else f"integrity check: {_one_line(problems[0])}"
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    """SQLite's multi-line integrity report as one short line."""
+    text = " ".join(t for t in text.split() if t != "***")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _sqlite_error(exc: sqlite3.Error, path: Path) -> LeakbenchError:
@@ -509,7 +515,8 @@ def describe_store(store: ResultsStore) -> tuple[bool, list[str]]:
             lines.append("  integrity check: ok")
         else:
             healthy = False
-            lines.append(f"  integrity check: {len(problems)} problem(s), first: {problems[0]}")
+            lines.append(f"  integrity check: {len(problems)} problem(s), first: "
+                         f"{_one_line(problems[0])}")
         counts = []
         for table in TABLES:
             n, err = _readable_rows(con, table)
