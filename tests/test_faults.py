@@ -740,7 +740,7 @@ ArtifactCache.get_or_build = get_or_build
 
 CELLS = ["--defense", "ddim", "--attack", "replication", "--dataset",
          "digits,digits[members=16]", "--profile", "smoke", "--benchmark-disable",
-         "--no-report", "-p", "no:randomly"]
+         "--no-report"]
 
 
 def _pytest_args(tmp_path, *extra):
