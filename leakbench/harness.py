@@ -63,12 +63,13 @@ def validate_dataset(spec: str) -> str:
     return canonical_dataset(name, arg, options)
 
 
-def check_locations(*, cache_dir=None, results=None, data_root=None) -> None:
+def check_locations(*, cache_dir=None, results=None, data_root=None, model=None) -> None:
     """Up front, before any work: every folder a run reads or writes, one sentence per problem.
 
     The cache and results folders must be creatable and writable, the results store
-    (if any) must be a leakbench store this version reads, and a data root must be a
-    readable folder.  Raises a :class:`~leakbench.errors.StorageError`.
+    (if any) must be a leakbench store this version reads, and a data root and a user's
+    model (``--model``, a diffusers folder) must be readable folders.  Raises a
+    :class:`~leakbench.errors.StorageError`.
     """
     from leakbench.paths import readable_dir, writable_dir
 
@@ -80,6 +81,8 @@ def check_locations(*, cache_dir=None, results=None, data_root=None) -> None:
     elif os.environ.get("LEAKBENCH_DATA_ROOT"):
         readable_dir(os.environ["LEAKBENCH_DATA_ROOT"], what="the data root",
                      option="LEAKBENCH_DATA_ROOT")
+    if model:
+        readable_dir(model, what="the model folder", option="--model")
 
 
 @dataclass

@@ -300,6 +300,20 @@ def test_data_root_must_be_a_readable_folder(tmp_path, case, expected):
         SURFACES["data_root"](path, tmp_path)
 
 
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "The model folder {p} does not exist; check the path given to --model."),
+    ("a file", "The model folder {p} is a file, not a folder; point --model at another folder."),
+])
+def test_model_path_must_be_a_readable_folder(tmp_path, case, expected):
+    """The check issue #16's ``--model PATH`` calls (through check_locations)."""
+    path = tmp_path / "model"
+    if case == "a file":
+        path.write_text("weights")
+    with pytest.raises(StorageError) as e:
+        check_locations(cache_dir=tmp_path / "c", results=tmp_path / "r", model=path)
+    assert str(e.value) == expected.format(p=path)
+
+
 def test_npz_path_that_is_a_folder_is_one_sentence(tmp_path):
     from leakbench.data.sources import Npz
 
