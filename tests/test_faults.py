@@ -645,6 +645,8 @@ def _interrupted_while_writing_artifact(root, signum):
     from leakbench.interrupts import sigterm_as_interrupt
 
     sigterm_as_interrupt()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as under a terminal (a background
+    # job starts with SIGINT ignored, and so would this child)
     real = torch.save
 
     def interrupted_save(obj, f):
