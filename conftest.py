@@ -34,6 +34,18 @@ def pytest_addoption(parser):
                 help="do not print the leaderboard nor write the HTML report at the end")
 
 
+def _runs_benchmarks(config) -> bool:
+    """Whether the paths given to pytest include the benchmark suite (not just ``tests/``)."""
+    from pathlib import Path
+
+    bench = (config.rootpath / "benchmarks").resolve()
+    for arg in config.args:
+        path = (Path(config.invocation_params.dir) / arg.split("::")[0]).resolve()
+        if path == bench or bench in path.parents or path in bench.parents:
+            return True
+    return False
+
+
 class _LeakbenchSession:
     """Resolved options, and the harness (created on first use)."""
 
@@ -50,8 +62,15 @@ class _LeakbenchSession:
         self.attacks = expand(opt("--attack"), ATTACKS)
         datasets = [s for v in opt("--dataset") for s in split_specs(v)] or ["digits"]
         self.datasets = list(dict.fromkeys(validate_dataset(d) for d in datasets))
+        if _runs_benchmarks(config) and not config.getoption("--collect-only"):
+            from leakbench.harness import check_locations
+
+            check_locations(cache_dir=opt("--cache-dir"), results=opt("--results"),
+                            data_root=opt("--data-root"))
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._harness = None
+        self.stopped_by = None  # the sentence of a storage failure that stopped the session
+        self.finish_error = None
 
     @property
     def harness(self):
@@ -79,6 +98,17 @@ def pytest_configure(config):
         config._leakbench = _LeakbenchSession(config)
     except LeakbenchError as exc:
         raise pytest.UsageError(str(exc)) from None
+    from leakbench.interrupts import sigterm_as_interrupt
+
+    # A pre-empted job (SIGTERM) stops like Ctrl-C: completed cells stay stored, no half
+    # written artifact, locks released; rerunning the command resumes from the cache.
+    config._leakbench_sigterm = sigterm_as_interrupt()
+
+
+def pytest_unconfigure(config):
+    from leakbench.interrupts import restore_sigterm
+
+    restore_sigterm(getattr(config, "_leakbench_sigterm", None))
 
 
 def pytest_generate_tests(metafunc):
@@ -98,21 +128,46 @@ def harness(leakbench_session):
     return leakbench_session.harness
 
 
+def _finish(lb) -> None:
+    """Store the defense figures; a storage failure is reported (the cells are stored)."""
+    from leakbench.errors import LeakbenchError
+
+    try:
+        lb._harness.finish()
+    except LeakbenchError as exc:
+        lb.finish_error = str(exc)
+
+
 def pytest_sessionfinish(session):
     lb = getattr(session.config, "_leakbench", None)
     if lb is not None and lb._harness is not None:
-        lb._harness.finish()
+        _finish(lb)
 
 
-def pytest_terminal_summary(terminalreporter, config):
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from leakbench.errors import LeakbenchError
+
     lb = getattr(config, "_leakbench", None)
-    if lb is None or config.getoption("--no-report"):
+    if lb is None:
+        return
+    if lb.finish_error:
+        terminalreporter.write_line(f"leakbench: defense figures not stored: {lb.finish_error}",
+                                    red=True)
+    if exitstatus == pytest.ExitCode.INTERRUPTED and lb._harness is not None:
+        h = lb._harness
+        why = f"stopped: {lb.stopped_by}" if lb.stopped_by else "interrupted"
+        terminalreporter.write_line(
+            f"leakbench: {why}; {len(h.cells)} cell(s) of this run are stored in "
+            f"{h.store.path}; no half-written artifact is left in {h.cache.root}: rerun the same "
+            "command to resume (finished work comes from the cache)", yellow=True)
+        return
+    if config.getoption("--no-report"):
         return
     from leakbench.leaderboard import leaderboard_frame, render_table
     from leakbench.results import ResultsStore
 
     if lb._harness is not None:
-        lb._harness.finish()
+        _finish(lb)
         store = lb._harness.store
         events = lb._harness.cache.events
     elif config.pluginmanager.hasplugin("dsession"):  # the xdist controller; workers wrote the store
@@ -120,10 +175,14 @@ def pytest_terminal_summary(terminalreporter, config):
         events = []
     else:  # no benchmark cell ran in this session
         return
-    rows = [r for r in store.rows() if r["time"] >= lb.started and r["profile"] == lb.profile]
+    tr = terminalreporter
+    try:
+        rows = [r for r in store.rows() if r["time"] >= lb.started and r["profile"] == lb.profile]
+    except LeakbenchError as exc:
+        tr.write_line(f"leakbench: cannot read the results: {exc}", red=True)
+        return
     if not rows:
         return
-    tr = terminalreporter
     tr.section(f"leakbench leaderboard (profile {lb.profile})")
     tr.write_line(render_table(leaderboard_frame(rows)))
     if events:

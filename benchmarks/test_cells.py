@@ -10,7 +10,7 @@ import contextlib
 
 import pytest
 
-from leakbench.errors import LeakbenchError
+from leakbench.errors import LeakbenchError, StorageError
 
 pytestmark = pytest.mark.cell
 
@@ -20,11 +20,16 @@ def test_cell(cell, harness, benchmark, request):
     # Let progress bars of long work reach the terminal (``-q`` turns them off).
     capture = request.config.pluginmanager.getplugin("capturemanager")
     uncaptured = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    error = None
     try:
         with uncaptured:
             finding = benchmark.pedantic(harness.run_cell, args=(dataset, defense, attack),
                                          rounds=1, iterations=1)
+    except StorageError as exc:  # a full disk or unwritable folder: later cells would fail too
+        error = request.session.shouldstop = request.config._leakbench.stopped_by = str(exc)
     except LeakbenchError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        error = str(exc)
+    if error is not None:
+        pytest.fail(error, pytrace=False)
     benchmark.extra_info.update({m.name: m.value for m in finding.metrics})
     assert finding.metrics, f"{attack} on {defense} reported no metric"

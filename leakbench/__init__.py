@@ -1,8 +1,9 @@
 """leakbench: a privacy-audit benchmark suite for diffusion models."""
 
 from leakbench.api import Attack, AuditTarget, Defense, Finding, Metric, NoParams
-from leakbench.errors import DataError, LeakbenchError, UsageError
+from leakbench.errors import DataError, LeakbenchError, StorageError, StoreError, UsageError
 from leakbench.registry import ATTACKS, DATASETS, DEFENSES, FEATURES
 
 __all__ = ["Attack", "AuditTarget", "Defense", "Finding", "Metric", "NoParams", "DataError",
-           "LeakbenchError", "UsageError", "ATTACKS", "DATASETS", "DEFENSES", "FEATURES"]
+           "LeakbenchError", "StorageError", "StoreError", "UsageError", "ATTACKS", "DATASETS",
+           "DEFENSES", "FEATURES"]

@@ -23,6 +23,9 @@ from typing import Any
 
 from filelock import FileLock
 
+from leakbench.errors import StorageError
+from leakbench.paths import explain_os_error
+
 CACHE_FORMAT = "1"
 
 
@@ -51,21 +54,53 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class _RecordingWriter:
+    """A file wrapper that remembers the ``OSError`` a write raised.
+
+    ``torch.save`` reports a failed write (a full disk) as a ``RuntimeError`` from its
+    C++ zip writer ("unexpected pos ..."); the recorded ``OSError`` says what happened.
+    Everything but ``write`` is the wrapped file's.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, b) -> int:
+        try:
+            return self._f.write(b)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(fileobj)`` to a temp file in the same folder, fsync, rename."""
+    """Write through ``write(fileobj)`` to a temp file in the same folder, fsync, rename.
+
+    On any failure or interruption the temp file is removed and ``path`` is as it was;
+    a failed write raises the ``OSError`` behind it (e.g. ``ENOSPC``), whatever the
+    serialiser turned it into.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    writer = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            writer = _RecordingWriter(f)
+            write(writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if writer is not None and writer.error is not None and not isinstance(exc, OSError):
+            raise writer.error from exc
         raise
 
 
@@ -105,20 +140,29 @@ class ArtifactCache:
             return None, "corrupt"
 
     def save(self, kind: str, key: str, payload: Any, spec: dict[str, Any]) -> None:
+        """Write the payload, then its JSON; a failure or interruption leaves no entry."""
         import torch
 
         payload_path, meta_path = self.paths(kind, key)
         atomic_write_bytes(payload_path, lambda f: torch.save(payload, f))
-        meta = {
-            "kind": kind,
-            "key": key,
-            "spec": spec,
-            "sha256": _sha256_file(payload_path),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "format": CACHE_FORMAT,
-        }
-        text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-        atomic_write_bytes(meta_path, lambda f: f.write(text.encode()))
+        try:
+            meta = {
+                "kind": kind,
+                "key": key,
+                "spec": spec,
+                "sha256": _sha256_file(payload_path),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "format": CACHE_FORMAT,
+            }
+            text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+            atomic_write_bytes(meta_path, lambda f: f.write(text.encode()))
+        except BaseException:
+            payload_path.unlink(missing_ok=True)  # a payload without its JSON is never read
+            raise
+
+    def _storage_error(self, exc: OSError) -> StorageError:
+        return StorageError(explain_os_error(exc, self.root, what="the artifact cache",
+                                             option="--cache-dir (or LEAKBENCH_CACHE_DIR)"))
 
     def get_or_build(
         self,
@@ -136,14 +180,24 @@ class ArtifactCache:
             self.events.append(CacheEvent(kind, key, label, "hit", time.perf_counter() - t0))
             return payload
         payload_path, _ = self.paths(kind, key)
-        payload_path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(payload_path) + ".lock"):
+        lock = FileLock(str(payload_path) + ".lock")
+        try:
+            payload_path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as exc:
+            raise self._storage_error(exc) from None
+        try:
             payload, status = self.load(kind, key)  # another process may have built it
             if status == "hit":
                 self.events.append(CacheEvent(kind, key, label, "hit", time.perf_counter() - t0))
                 return payload
             payload = build()
-            self.save(kind, key, payload, spec)
+            try:
+                self.save(kind, key, payload, spec)
+            except OSError as exc:
+                raise self._storage_error(exc) from None
+        finally:
+            lock.release()
         done = "rebuilt (corrupt entry)" if status == "corrupt" else "built"
         self.events.append(CacheEvent(kind, key, label, done, time.perf_counter() - t0))
         return payload

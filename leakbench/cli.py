@@ -1,4 +1,4 @@
-"""The ``leakbench`` command: list plugins, print the leaderboard."""
+"""The ``leakbench`` command: list plugins, print the leaderboard, build the report, check a store."""
 
 from __future__ import annotations
 
@@ -42,16 +42,9 @@ def _cmd_list(args) -> int:
 
 def _cmd_leaderboard(args) -> int:
     from leakbench.leaderboard import leaderboard_frame, render_csv, render_json, render_table
-    from leakbench.results import ResultsStore
 
     rows = []
-    for folder in args.results or [None]:  # several stores (one per machine) merge into one board
-        store = ResultsStore(folder)
-        if not store.path.exists():
-            raise LeakbenchError(
-                f"No results store at {store.path}; run `pytest benchmarks/` first or pass "
-                "--results DIR."
-            )
+    for store in _existing_stores(args.results):  # several stores (one per machine) merge
         rows.extend(store.rows())
     if args.profile:
         rows = [r for r in rows if r["profile"] == args.profile]
@@ -83,21 +76,44 @@ def _cmd_cells(args) -> int:
 
 def _cmd_report(args) -> int:
     """Build the static HTML report from one or more results stores."""
-    from leakbench.results import ResultsStore
+    from leakbench.paths import writable_dir, writing_to
     from reports.site import build_site
 
+    stores = _existing_stores(args.results)
+    out = writable_dir(args.out, what="the report folder", option="--out")
+    with writing_to(out, what="the report folder", option="--out"):
+        index = build_site(stores, out)
+    print(index)
+    return 0
+
+
+def _existing_stores(folders: list[str] | None) -> list:
+    """The results stores to read, each checked (exists, is ours, readable) before any work."""
+    from leakbench.results import ResultsStore
+
     stores = []
-    for folder in args.results or [None]:
+    for folder in folders or [None]:
         store = ResultsStore(folder)
         if not store.path.exists():
             raise LeakbenchError(
                 f"No results store at {store.path}; run `pytest benchmarks/` first or pass "
                 "--results DIR."
             )
+        store.check(write=False)
         stores.append(store)
-    index = build_site(stores, args.out)
-    print(index)
-    return 0
+    return stores
+
+
+def _cmd_check_store(args) -> int:
+    """Say what each results store is and what of it is readable; never writes to it."""
+    from leakbench.results import ResultsStore, describe_store
+
+    healthy = True
+    for folder in args.results or [None]:
+        ok, lines = describe_store(ResultsStore(folder))
+        healthy &= ok
+        print("\n".join(lines))
+    return 0 if healthy else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--results", action="append", default=None,
                        help="results folder (default ./leakbench-results); repeat to merge stores")
     p_rep.set_defaults(func=_cmd_report)
+    p_chk = sub.add_parser("check-store", help="say whether a results store is readable, and "
+                                               "what of it (read-only; exit 1 if not healthy)")
+    p_chk.add_argument("--results", action="append", default=None,
+                       help="results folder (default ./leakbench-results); repeatable")
+    p_chk.set_defaults(func=_cmd_check_store)
     return p
 
 
@@ -133,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except LeakbenchError as exc:
         print(f"leakbench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where a caller made it one
+        print("leakbench: interrupted; nothing stored was changed.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

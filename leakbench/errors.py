@@ -13,3 +13,12 @@ class UsageError(LeakbenchError):
 
 class DataError(LeakbenchError):
     """A dataset that is missing, malformed or too small for the profile."""
+
+
+class StorageError(LeakbenchError):
+    """A folder or file that cannot be created, read or written (missing, read-only, full,
+    a file where a folder is expected); nothing already stored has been changed."""
+
+
+class StoreError(StorageError):
+    """A results store that is not ours, is damaged, or was written by another version."""

@@ -44,17 +44,45 @@ def expand(values: list[str] | None, registry, default_all: bool = True) -> list
 
 
 def validate_dataset(spec: str) -> str:
-    """Check a dataset spec's name, argument and params (the files are read later)."""
-    from leakbench.data.sources import parse_dataset_spec
+    """Check a dataset spec's name, argument and params (the files are read later).
+
+    Returns the canonical spec: ``name[:argument]`` and only the params that differ from
+    the defaults, sorted (``digits[members=64, canary=false]`` ->
+    ``digits[canary=false,members=64]``), so two ways of writing a dataset are one cell.
+    """
+    from leakbench.data.sources import canonical_dataset, parse_dataset_spec
+    from leakbench.errors import UsageError
     from leakbench.registry import DATASETS
 
-    name, arg, _ = parse_dataset_spec(spec)
+    name, arg, options = parse_dataset_spec(spec)
     cls = DATASETS.get(name)
     if cls.needs_argument and not arg:
-        from leakbench.errors import UsageError
-
         raise UsageError(f"Dataset {name!r} needs an argument: write {cls.usage()}.")
-    return spec.strip()
+    if not cls.needs_argument and arg:
+        raise UsageError(f"Dataset {name!r} takes no argument; write just {name!r}.")
+    return canonical_dataset(name, arg, options)
+
+
+def check_locations(*, cache_dir=None, results=None, data_root=None, model=None) -> None:
+    """Up front, before any work: every folder a run reads or writes, one sentence per problem.
+
+    The cache and results folders must be creatable and writable, the results store
+    (if any) must be a leakbench store this version reads, and a data root and a user's
+    model (``--model``, a diffusers folder) must be readable folders.  Raises a
+    :class:`~leakbench.errors.StorageError`.
+    """
+    from leakbench.paths import readable_dir, writable_dir
+
+    writable_dir(ArtifactCache(cache_dir).root, what="the artifact cache",
+                 option="--cache-dir (or LEAKBENCH_CACHE_DIR)")
+    ResultsStore(results).check(write=True)
+    if data_root:
+        readable_dir(data_root, what="the data root", option="--data-root")
+    elif os.environ.get("LEAKBENCH_DATA_ROOT"):
+        readable_dir(os.environ["LEAKBENCH_DATA_ROOT"], what="the data root",
+                     option="LEAKBENCH_DATA_ROOT")
+    if model:
+        readable_dir(model, what="the model folder", option="--model")
 
 
 @dataclass
@@ -86,6 +114,7 @@ class Harness:
     def create(cls, *, profile: str = "default", seed: int = 0, device: str | None = "cpu",
                cache_dir=None, results=None, data_root=None, progress: bool = True,
                command: str = "") -> Harness:
+        check_locations(cache_dir=cache_dir, results=results, data_root=data_root)
         return cls(profile=get_profile(profile), seed=int(seed), device=resolve_device(device),
                    cache=ArtifactCache(cache_dir), store=ResultsStore(results),
                    data_root=data_root, progress=progress, command=command)
@@ -175,9 +204,15 @@ class Harness:
         return attack.compare(finding, self.attack_finding(ref, attack, ctx))
 
     def finish(self) -> None:
-        """Store every built target's defense figures (idempotent)."""
+        """Store the defense figures of every target with a completed cell (idempotent).
+
+        A target whose cells were all interrupted or failed gets no figures: the store
+        then holds nothing of a cell that did not finish.
+        """
+        done = {(c["dataset"], c["defense"]) for c in self.cells}
         for dataset, defense_spec in list(self._targets):
-            self.record_defense_figures(dataset, defense_spec)
+            if (dataset, defense_spec) in done:
+                self.record_defense_figures(dataset, defense_spec)
 
     def record_defense_figures(self, dataset: str, defense_spec: str) -> None:
         """Store the defense's own figures (costs) once per target, under attack ``defense``."""

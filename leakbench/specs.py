@@ -95,12 +95,18 @@ def _coerce(value: str, kind: Any, *, key: str, owner: str) -> Any:
                 return False
             raise ValueError
         if kind is int:
-            f = float(value)
-            if not f.is_integer():
-                raise ValueError
-            return int(f)
+            try:
+                return int(value)  # exact at any size
+            except ValueError:
+                f = float(value)  # "64.0", "1e3"; beyond 2**53 a float is no longer exact
+                if not f.is_integer() or abs(f) > 2**53:
+                    raise ValueError from None
+                return int(f)
         if kind is float:
-            return float(value)
+            f = float(value)
+            if f != f:  # NaN: no hyper-parameter means anything with it
+                raise UsageError(f"{owner}: {key}={value!r} is not a number; give a number.")
+            return f
         if kind is str:
             return value
     except ValueError:

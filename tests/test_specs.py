@@ -56,6 +56,11 @@ def test_params_are_typed_and_validated():
         resolve_params(P, parse_spec("x[alpha=2]"), owner="x")
     with pytest.raises(UsageError, match="twice"):
         parse_spec("x[alpha=0.1,alpha=0.2]")
+    with pytest.raises(UsageError, match="scale='nan' is not a number"):
+        resolve_params(P, parse_spec("x[scale=nan]"), owner="x")
+    big = 2**53 + 1  # exact: an int is not parsed through a float
+    assert resolve_params(P, parse_spec(f"x[steps={big}]"), owner="x").steps == big
+    assert resolve_params(P, parse_spec("x[steps=64.0]"), owner="x").steps == 64
 
 
 def test_canonical_names_only_non_defaults_sorted():

@@ -78,13 +78,15 @@ def validate_images(images: Any, origin: str) -> np.ndarray:
         )
     if arr.shape[1] != arr.shape[2]:
         raise DataError(f"{origin}: images are {arr.shape[1]}×{arr.shape[2]}; expected square images.")
+    if arr.shape[1] == 0:
+        raise DataError(f"{origin}: images are 0×0 pixels; store the pixels as N×H×W×C.")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(
             f"{origin}: images have dtype {arr.dtype}; expected uint8 (0–255) or float in [0, 1]."
         )
-    arr = arr.astype(np.float32)
+    # Check in the file's own precision: a cast first would turn 1e300 into inf.
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).reshape(len(arr), -1).any(1).sum())
         raise DataError(f"{origin}: {bad} image(s) contain NaN or infinite values; remove or fix them.")
@@ -94,7 +96,31 @@ def validate_images(images: Any, origin: str) -> np.ndarray:
             f"{origin}: float images range over [{lo:.3g}, {hi:.3g}]; expected [0, 1] "
             "(divide uint8 data by 255, or store it as uint8)."
         )
-    return arr
+    return arr.astype(np.float32)
+
+
+def validate_labels(labels: Any, n_images: int, origin: str) -> np.ndarray:
+    """Check class labels (one per image, integer-valued); return int64 of shape (N,).
+
+    A label array of shape (N, 1) (MedMNIST's layout) or (N, k) keeps the first column.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim == 0 or len(arr) != n_images:
+        given = "a single value" if arr.ndim == 0 else f"{len(arr)} labels"
+        raise DataError(f"{origin}: {given} for {n_images} images; give one label per image "
+                        "or none.")
+    arr = arr.reshape(n_images, -1)
+    if arr.shape[1] == 0:
+        raise DataError(f"{origin}: the labels have shape {tuple(np.shape(labels))}, with no "
+                        "value per image; give one label per image or none.")
+    arr = arr[:, 0]
+    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() \
+            and (arr == np.round(arr)).all() and (np.abs(arr) < 2**53).all():
+        return arr.astype(np.int64)
+    raise DataError(f"{origin}: labels have dtype {arr.dtype} and are not all whole numbers; "
+                    "give integer class labels, or none.")
 
 
 def resize(images: np.ndarray, image_size: int) -> np.ndarray:

@@ -9,8 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from leakbench.data.base import DatasetSource, RawData, file_sha256, resize, validate_images
-from leakbench.errors import DataError
+from leakbench.data.base import (
+    DatasetSource,
+    RawData,
+    file_sha256,
+    resize,
+    validate_images,
+    validate_labels,
+)
+from leakbench.errors import DataError, StorageError
+from leakbench.paths import readable_file
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
 
@@ -35,11 +43,27 @@ class Digits(DatasetSource):
         return {"dataset": "digits", "sklearn": sklearn.__version__, "image_size": image_size}
 
 
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
 def _open_npz(path: Path, origin: str):
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        z = np.load(path, allow_pickle=False)
+    except _UNREADABLE as exc:
         raise DataError(f"{origin}: {path} is not a readable .npz file ({exc}).") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive
+        raise DataError(f"{origin}: {path} holds a single array, not an .npz archive; save it "
+                        "with numpy.savez(path, images=...).")
+    return z
+
+
+def _read_array(z, key: str, origin: str) -> np.ndarray:
+    """One array of an open .npz; a damaged member or an object array is one sentence."""
+    try:
+        return z[key]
+    except _UNREADABLE as exc:
+        raise DataError(f"{origin}: the array {key!r} cannot be read ({exc}); save it again "
+                        "with numpy.savez (numbers only, no object arrays).") from None
 
 
 class Npz(DatasetSource):
@@ -60,10 +84,20 @@ class Npz(DatasetSource):
             p = self.data_root / p
         return p
 
-    def load(self, image_size: int) -> RawData:
+    def _checked_path(self) -> Path:
         path = self.path
         if not path.exists():
             raise DataError(f"Dataset file {path} does not exist; check the path after 'npz:'.")
+        if path.is_dir():
+            raise DataError(f"Dataset file {path} is a folder; give npz: the path of a .npz file.")
+        try:
+            readable_file(path, what="the dataset file")
+        except StorageError as exc:
+            raise DataError(str(exc)) from None
+        return path
+
+    def load(self, image_size: int) -> RawData:
+        path = self._checked_path()
         origin = f"npz:{path}"
         with _open_npz(path, origin) as z:
             if "images" not in z:
@@ -71,21 +105,14 @@ class Npz(DatasetSource):
                     f"{origin} has no 'images' array (it has: {', '.join(z.keys()) or 'nothing'}); "
                     "save the images under the key 'images'."
                 )
-            images = validate_images(z["images"], origin)
+            images = validate_images(_read_array(z, "images", origin), origin)
             labels = None
             if "labels" in z:
-                labels = np.asarray(z["labels"]).reshape(len(z["labels"]), -1)[:, 0].astype(np.int64)
-                if len(labels) != len(images):
-                    raise DataError(
-                        f"{origin}: {len(labels)} labels for {len(images)} images; give one label "
-                        "per image or none."
-                    )
+                labels = validate_labels(_read_array(z, "labels", origin), len(images), origin)
         return RawData(resize(images, image_size), labels, {"source": str(path)})
 
     def fingerprint(self, image_size: int) -> dict[str, Any]:
-        path = self.path
-        if not path.exists():
-            raise DataError(f"Dataset file {path} does not exist; check the path after 'npz:'.")
+        path = self._checked_path()
         return {"dataset": "npz", "sha256": file_sha256(path), "image_size": image_size}
 
 
@@ -180,15 +207,15 @@ class MedMNIST(DatasetSource):
                     f"{origin} has no 'train_images' (it has: {', '.join(z.keys())}); expected the "
                     "official MedMNIST layout (train_/val_/test_ images and labels)."
                 )
-            images = validate_images(z["train_images"], origin)
-            labels = z["train_labels"] if "train_labels" in z else None
+            images = validate_images(_read_array(z, "train_images", origin), origin)
+            labels = _read_array(z, "train_labels", origin) if "train_labels" in z else None
         if images.shape[-1] != meta["n_channels"]:
             raise DataError(
                 f"{origin}: images have {images.shape[-1]} channel(s) but {self.argument} has "
                 f"{meta['n_channels']}; is this the right file?"
             )
         if labels is not None:
-            labels = np.asarray(labels).reshape(len(labels), -1)[:, 0].astype(np.int64)
+            labels = validate_labels(labels, len(images), origin)
         expected = meta["n_samples"].get("train")
         info = {**meta, "path": str(path), "official_split_size": expected,
                 "matches_official_size": expected == len(images)}
@@ -214,6 +241,13 @@ def parse_dataset_spec(spec: str):
     name, _, arg = text.partition(":")
     options = resolve_params(SplitOptions, Spec(name, raw), owner=f"dataset {name.strip()!r}")
     return name.strip(), arg.strip() or None, options
+
+
+def canonical_dataset(name: str, arg: str | None, options) -> str:
+    """The canonical dataset spec: ``name[:argument]`` plus the non-default params, sorted."""
+    from leakbench.specs import canonical
+
+    return canonical(name + (f":{arg}" if arg else ""), options)
 
 
 def open_dataset(spec: str, *, data_root: str | os.PathLike | None = None) -> DatasetSource:
