@@ -6,8 +6,8 @@
 Runs the job twice in a subprocess: with an empty cache (cold: trains the denoiser and
 the classifiers, draws samples, runs every attack) and again on the same cache (warm:
 every artifact and finding is a cache hit; the leaderboard and the HTML report are
-rebuilt).  Targets on the 2-core reference machine, default profile: cold ≤ 8 min,
-warm ≤ 45 s.
+rebuilt).  Targets on the 2-core reference machine, default profile: cold ≤ 10 min
+(public pretraining included, issue #12), warm ≤ 45 s.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = os.environ.get("LEAKBENCH_PERF_PROFILE", "default")
-TARGETS = {"default": (8 * 60.0, 45.0)}  # (cold, warm) seconds
+TARGETS = {"default": (10 * 60.0, 45.0)}  # (cold, warm) seconds
 
 
 def _main_job(tmp_path: Path) -> float:
