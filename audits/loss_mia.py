@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leakbench.api import Attack, AuditTarget, Finding
+from leakbench.api import Attack, AuditTarget, Finding, ModelAccess
 from leakbench.membership import (
     check_membership_params,
     run_membership_attack,
@@ -34,6 +34,7 @@ class LossMIAParams:
     calibration_fraction: float = 0.25  # of the members (and as many holdout images)
     max_members: int | None = None  # None: all members
     n_bootstrap: int = 1000
+    access: ModelAccess = "effective"  # "released": the published weights, no sampling-time parts
 
     def __post_init__(self):
         if self.t is not None and self.t < 0:
@@ -104,7 +105,8 @@ class LossMIA(Attack):
             raise UsageError(f"loss_mia t={p.t} is outside the schedule; use 0 <= t < {T}.")
 
         def statistic(images, timesteps, seed, bar):
-            return noise_errors(target.predict_noise, target.schedule, images, timesteps,
+            return noise_errors(target.noise_predictor(p.access), target.schedule, images,
+                                timesteps,
                                 draws=draws, seed=seed, batch_size=ctx.profile.sample_batch_size,
                                 device=target.device, bar=bar)
 

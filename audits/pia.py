@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leakbench.api import Attack, AuditTarget, Finding
+from leakbench.api import Attack, AuditTarget, Finding, ModelAccess
 from leakbench.membership import (
     check_membership_params,
     run_membership_attack,
@@ -38,6 +38,7 @@ class PIAParams:
     calibration_fraction: float = 0.25
     max_members: int | None = None
     n_bootstrap: int = 1000
+    access: ModelAccess = "effective"  # "released": the published weights, no sampling-time parts
 
     def __post_init__(self):
         if self.t is not None and self.t < 1:
@@ -90,7 +91,8 @@ class PIA(Attack):
         k = max(1, T // 100)
 
         def statistic(images, timesteps, seed, bar):
-            return pia_distances(target.predict_noise, target.schedule, images, timesteps,
+            return pia_distances(target.noise_predictor(p.access), target.schedule, images,
+                                timesteps,
                                  p=p.p, batch_size=ctx.profile.sample_batch_size,
                                  device=target.device, bar=bar)
 

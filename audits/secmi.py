@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from leakbench.api import Attack, AuditTarget, Finding
+from leakbench.api import Attack, AuditTarget, Finding, ModelAccess
 from leakbench.membership import (
     check_membership_params,
     ddim_step,
@@ -40,6 +40,7 @@ class SecMIParams:
     calibration_fraction: float = 0.25
     max_members: int | None = None
     n_bootstrap: int = 1000
+    access: ModelAccess = "effective"  # "released": the published weights, no sampling-time parts
 
     def __post_init__(self):
         if self.t is not None and self.t < 1:
@@ -97,7 +98,8 @@ class SecMI(Attack):
                 if t + k < T]
 
         def statistic(images, timesteps, seed, bar):
-            return t_errors(target.predict_noise, target.schedule, images, timesteps, interval=k,
+            return t_errors(target.noise_predictor(p.access), target.schedule, images,
+                                timesteps, interval=k,
                             batch_size=ctx.profile.sample_batch_size, device=target.device,
                             bar=bar)
 

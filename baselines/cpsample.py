@@ -129,7 +129,9 @@ class CPSample(Defense):
         stats = artifacts["classifier_stats"]
         return AuditTarget(
             key=ctx.target_key(self), model=guided, schedule=ctx.schedule, splits=ctx.splits,
-            ctx=ctx, draw=draw,
+            ctx=ctx, draw=draw, released_model=artifacts["denoiser"],
+            released=("the plain fine-tuned denoiser: the guidance is sampling-time, and the "
+                      "classifier does not ship (it memorised the members' labels)"),
             info={**ctx.training_info(),
                   "classifier_train_seconds": stats["train_seconds"],
                   "classifier": dict(stats), "tau": TAU,

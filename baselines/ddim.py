@@ -28,5 +28,6 @@ class DDIM(Defense):
             splits=ctx.splits,
             ctx=ctx,
             info=ctx.training_info(),
+            released="the plain fine-tuned denoiser",
         )
 

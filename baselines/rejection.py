@@ -114,6 +114,8 @@ class Rejection(Defense):
         return AuditTarget(
             key=ctx.target_key(self), model=model, schedule=ctx.schedule, splits=ctx.splits,
             ctx=ctx, draw=draw,
+            released=("the plain fine-tuned denoiser (the filter acts on samples only, and its "
+                      "member index does not ship)"),
             info={**ctx.training_info(),
                   "threshold": cal.threshold, "quantile": cal.quantile, "feature": p.feature},
         )

@@ -27,6 +27,10 @@ Direction = Literal["lower", "higher"]
 
 Access = Literal["black-box", "white-box"]
 
+ModelAccess = Literal["effective", "released"]
+"""Which noise predictor a white-box attack queries: ``"effective"`` (the one the sampler
+uses, guidance included) or ``"released"`` (the weights a published checkpoint ships)."""
+
 
 @dataclass(frozen=True)
 class NoParams:
@@ -84,8 +88,10 @@ class AuditTarget:
     """What an attack may touch: samples, the effective noise predictor, schedule, splits.
 
     ``predict_noise`` is the *effective* predictor the sampler uses, guidance
-    included.  ``sample`` results are cached per (target key, n, seed) and shared
-    by every attack on the same target.
+    included; ``released_model`` is what a published checkpoint would ship (for a
+    sampling-time defense the plain denoiser, described by ``released``).  ``sample``
+    results are cached per (target key, n, seed) and shared by every attack on the
+    same target.
     """
 
     def __init__(
@@ -98,9 +104,13 @@ class AuditTarget:
         ctx: RunContext,
         draw: Sampler | None = None,
         info: dict[str, Any] | None = None,
+        released_model: EpsModel | None = None,
+        released: str = "the model the sampler uses",
     ):
         self.key = key
         self._model = model
+        self.released_model: EpsModel = model if released_model is None else released_model
+        self.released = released
         self.schedule = schedule
         self.splits = splits
         self._ctx = ctx
@@ -115,6 +125,21 @@ class AuditTarget:
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The effective noise prediction at (x_t, t), as the sampler sees it."""
         return self._model(x_t.to(self.device), t.to(self.device))
+
+    def predict_released(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise prediction of the released weights at (x_t, t), with no sampling-time parts."""
+        return self.released_model(x_t.to(self.device), t.to(self.device))
+
+    def noise_predictor(self, access: ModelAccess) -> EpsModel:
+        """``predict_noise`` for ``access="effective"``, ``predict_released`` for ``"released"``."""
+        if access not in ("effective", "released"):
+            raise ValueError(f"access={access!r} must be 'effective' or 'released'")
+        return self.predict_noise if access == "effective" else self.predict_released
+
+    @property
+    def released_differs(self) -> bool:
+        """Whether the released weights predict differently from the sampler's predictor."""
+        return self.released_model is not self._model
 
     def sample(self, n: int, *, seed: int | None = None) -> torch.Tensor:
         """``n`` samples in [-1, 1], shape (n, C, H, W), on the CPU; cached per (key, n, seed)."""
@@ -205,7 +230,11 @@ class Defense(Plugin):
 
 
 class Attack(Plugin):
-    """How an auditor tries to get training data back out of an ``AuditTarget``."""
+    """How an auditor tries to get training data back out of an ``AuditTarget``.
+
+    A white-box attack's params carry ``access`` (a :data:`ModelAccess`): it queries
+    ``target.noise_predictor(self.params.access)``, and :meth:`threat_model` names it.
+    """
 
     access: ClassVar[Access] = "black-box"
     reference_defense: ClassVar[str | None] = None
@@ -218,3 +247,23 @@ class Attack(Plugin):
     def compare(self, finding: Finding, reference: Finding) -> list[Metric]:
         """Metrics of ``finding`` relative to the same attack's finding on the reference."""
         return []
+
+    def threat_model(self) -> str:
+        """What the adversary holds: ``black-box`` (samples only), or ``white-box/effective``
+        (the predictor the sampler uses) or ``white-box/released`` (the published weights)."""
+        if self.access == "black-box":
+            return "black-box"
+        return f"white-box/{getattr(self.params, 'access', 'effective')}"
+
+    def threat_info(self, target: AuditTarget) -> dict[str, Any]:
+        """The threat model for a finding's info; under ``released`` access, what was released and
+        whether it differs from the sampler's predictor (when not, the defense changes only the
+        sampler and protects nothing against this attack once the weights are out)."""
+        info: dict[str, Any] = {"threat_model": self.threat_model()}
+        if self.threat_model() == "white-box/released":
+            info["released_model"] = target.released
+            info["released_differs_from_effective"] = target.released_differs
+            if not target.released_differs:
+                info["released_note"] = ("the released weights are the sampler's own predictor: "
+                                         "effective and released access give the same numbers")
+        return info

@@ -179,7 +179,9 @@ class Harness:
                 "profile": self.profile.to_dict(), "seed": self.seed}
 
         def build():
-            return finding_to_payload(attack.run(built.target, ctx), built.target.sample_info)
+            finding = attack.run(built.target, ctx)
+            finding.info = {**attack.threat_info(built.target), **finding.info}
+            return finding_to_payload(finding, built.target.sample_info)
 
         payload = self.cache.get_or_build("finding", spec, build,
                                           label=f"{attack.name} on {built.defense.name}")

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 CELL = ["dataset", "defense", "attack", "profile"]
-JSON_FIELDS = ["dataset", "defense", "attack", "metric", "value", "ci_low", "ci_high", "p_value",
+JSON_FIELDS = ["dataset", "defense", "attack", "threat_model", "metric", "value", "ci_low", "ci_high", "p_value",
                "n", "direction", "profile", "seed", "version", "git_rev"]
 
 
@@ -18,11 +18,31 @@ def is_timing(metric: str) -> bool:
     return "seconds" in metric
 
 
+def threat_model(attack_spec: str) -> str:
+    """The threat model an attack spec runs under (``Attack.threat_model``): ``black-box``,
+    ``white-box/effective`` or ``white-box/released``; ``""`` for the defense's own figures and
+    ``unknown`` for an attack this installation does not have."""
+    if attack_spec == "defense":
+        return ""
+    from leakbench.errors import UsageError
+    from leakbench.registry import ATTACKS
+    from leakbench.specs import parse_spec, resolve_params
+
+    try:
+        spec = parse_spec(attack_spec)
+        cls = ATTACKS.get(spec.name)
+        return cls(resolve_params(cls.Params, spec, owner=spec.name)).threat_model()
+    except UsageError:
+        return "unknown"
+
+
 def leaderboard_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Keep, for every cell, only the rows of the run that wrote to it last."""
+    """Keep, for every cell, only the rows of the run that wrote to it last; name its threat model."""
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=JSON_FIELDS)
+    threats = {a: threat_model(a) for a in df["attack"].unique()}
+    df["threat_model"] = df["attack"].map(threats)
     last = df.groupby(CELL + ["run_id"], sort=False)["time"].max().reset_index()
     newest = last.sort_values("time").groupby(CELL, sort=False).tail(1)[CELL + ["run_id"]]
     df = df.merge(newest, on=CELL + ["run_id"])
@@ -42,14 +62,15 @@ def render_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no results)"
     lines = []
-    header = ["dataset", "defense", "attack", "metric", "value", "95% CI", "p", "n"]
+    header = ["dataset", "defense", "attack", "threat", "metric", "value", "95% CI", "p", "n"]
     body = []
     for r in df.to_dict("records"):
         arrow = {"lower": "↓", "higher": "↑"}.get(r.get("direction") or "", " ")
         ci = ""
         if r.get("ci_low") is not None and not pd.isna(r.get("ci_low")):
             ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-        body.append([r["dataset"], r["defense"], r["attack"], f"{arrow}{r['metric']}",
+        body.append([r["dataset"], r["defense"], r["attack"], r.get("threat_model") or "",
+                     f"{arrow}{r['metric']}",
                      _fmt(r["value"]), ci, _fmt(r.get("p_value")),
                      "" if pd.isna(r.get("n")) else str(int(r["n"]))])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]

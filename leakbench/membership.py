@@ -274,3 +274,6 @@ def check_membership_params(params) -> None:
         raise ValueError(f"max_members={params.max_members} must be at least 4")
     if params.n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={params.n_bootstrap} must be >= 0")
+    if getattr(params, "access", "effective") not in ("effective", "released"):
+        raise ValueError(f"access={params.access!r} must be 'effective' (the sampler's predictor) "
+                         "or 'released' (the published weights)")

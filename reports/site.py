@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leakbench.leaderboard import leaderboard_frame
+from leakbench.leaderboard import leaderboard_frame, threat_model
 from leakbench.results import ResultsStore
 from reports import figures as F
 from reports.tables import (
@@ -93,6 +93,7 @@ def build_site(stores: ResultsStore | list[ResultsStore], out: str | os.PathLike
         r["machine_text"] = _machine(r.get("machine"))
     directions = {a: next((r.cells[a].direction for r in rows if a in r.cells), None)
                   for a in attacks}
+    threats = {a: threat_model(a) for a in attacks}
     env = _environment()
 
     # The privacy-vs-quality charts, one per (dataset, profile), with the Pareto front.
@@ -112,13 +113,14 @@ def build_site(stores: ResultsStore | list[ResultsStore], out: str | os.PathLike
         for attack in sorted({*row.cells, "defense"} if row.costs else set(row.cells)):
             sections.append(_attack_section(row, attack, df, stored, out))
         html = env.get_template("cell.html").render(row=row, sections=sections, runs=runs,
+                                                    threats={a: threat_model(a) for a in row.cells},
                                                     build_time=build_time)
         _write(out / "cells" / f"{row.slug}.html", html)
 
     paper = _paper_rows(rows, df) if len(df) else []
     html = env.get_template("index.html").render(
-        rows=rows, attacks=attacks, costs=costs, directions=directions, runs=runs,
-        charts=charts, paper=paper, build_time=build_time, quality_attack=QUALITY_ATTACK,
+        rows=rows, attacks=attacks, costs=costs, directions=directions, threats=threats,
+        runs=runs, charts=charts, paper=paper, build_time=build_time, quality_attack=QUALITY_ATTACK,
         n_stores=len(stores))
     _write(out / "index.html", html)
     return out / "index.html"
