@@ -171,6 +171,25 @@ class RunContext:
         model.load_state_dict(state)
         return model.to(self.device).eval().requires_grad_(False)
 
+    @functools.cache  # noqa: B019  (one context per dataset; lives for the session)
+    def public_target(self):
+        """The public-only model as a plain DDIM target (samples cached per n and seed), or None.
+
+        A model that never saw the members, of the same architecture and sampler: the null an
+        attacker without the member list can calibrate against (``extraction``).
+        """
+        from leakbench.api import AuditTarget
+        from leakbench.cache import content_key, source_hash
+
+        model = self.public_denoiser()
+        if model is None:
+            return None
+        key = content_key("public-target", {"code": source_hash(RunContext),
+                                            "pretraining": self.pretraining_spec(),
+                                            "profile": self.profile.to_dict()})
+        return AuditTarget(key=key, model=model, schedule=self.schedule, splits=self.splits,
+                           ctx=self, released="the public-only denoiser")
+
     def new_unet(self, *, pretrained: bool = False):
         """A fresh U-Net of the profile's size; ``pretrained`` starts it from the public checkpoint."""
         from leakbench.diffusion.unet import UNet
