@@ -1,4 +1,4 @@
-"""Membership attacks (loss_mia, secmi, pia): null behaviour, a memorising oracle, plumbing."""
+"""Membership attacks (loss_mia, secmi, pia, sima): null behaviour, a memorising oracle, plumbing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from leakbench.api import AuditTarget
 from leakbench.membership import ddim_step, membership_split, timestep_grid
 
-ATTACKS = ["loss_mia", "secmi", "pia"]
+ATTACKS = ["loss_mia", "secmi", "pia", "sima"]
 METRICS = ["z", "p_value", "auc", "eps_lower_bound"]
 FPR_METRICS = ["tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"]
 

@@ -69,6 +69,8 @@ def test_leaderboard_names_the_threat_model(smoke_harness):
     assert threat_model("loss_mia") == "white-box/effective"
     assert threat_model("loss_mia[access=released]") == "white-box/released"
     assert threat_model("pia[access=released]") == "white-box/released"
+    assert threat_model("sima[access=released]") == "white-box/released"
+    assert threat_model("sima") == "white-box/effective"
     assert threat_model("no_such_attack") == "unknown"
     assert threat_model("defense") == ""
     smoke_harness.run_cell("digits", "ddim", "loss_mia[access=released,n_bootstrap=20]")
