@@ -35,7 +35,7 @@ def test_smoke_cell_on_cuda_matches_shapes(tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("defense", ["ddim", "cpsample"])
+@pytest.mark.parametrize("defense", ["ddim", "cpsample", "amg"])
 def test_every_attack_runs_on_cuda(tmp_path, defense):
     """Training, sampling, guidance, the MIA attacks, SAF classifiers and FID on the GPU."""
     from leakbench.harness import Harness
@@ -43,7 +43,8 @@ def test_every_attack_runs_on_cuda(tmp_path, defense):
     h = Harness.create(profile="smoke", device="cuda", cache_dir=tmp_path / "c",
                        results=tmp_path / "r", progress=False)
     for attack in ("replication", "loss_mia", "secmi", "pia", "permutation", "fid",
-                   "saf[accuracy_bar=0]"):
+                   "saf[accuracy_bar=0]", "sima", "loss_mia[access=released]",
+                   "extraction[max_factor=4,min_cluster=3]"):
         finding = h.run_cell("digits", defense, attack)
         assert all(np.isfinite(m.value) for m in finding.metrics), attack
 
