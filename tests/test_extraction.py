@@ -105,7 +105,7 @@ def test_budgets_and_params():
     for bad in ("max_factor=8", "min_cluster=1", "link_rank=10"):
         with pytest.raises(UsageError, match=bad.split("=")[0]):
             resolve_plugin(ATTACKS, f"extraction[{bad}]")
-    assert ExtractionParams().max_factor == 16
+    assert ExtractionParams().max_factor == 1
 
 
 def test_extraction_on_a_smoke_target(smoke_harness):
