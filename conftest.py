@@ -51,14 +51,15 @@ class _LeakbenchSession:
 
     def __init__(self, config):
         from leakbench.config import get_profile
-        from leakbench.harness import expand, validate_dataset
+        from leakbench.harness import expand, validate_dataset, with_reference
         from leakbench.registry import ATTACKS, DEFENSES
         from leakbench.specs import split_specs
 
         opt = config.getoption
         self.config = config
         self.profile = get_profile(opt("--profile")).name
-        self.defenses = expand(opt("--defense"), DEFENSES)
+        # The undefended reference runs first, beside the defenses asked for.
+        self.defenses = with_reference(expand(opt("--defense"), DEFENSES))
         self.attacks = expand(opt("--attack"), ATTACKS)
         datasets = [s for v in opt("--dataset") for s in split_specs(v)] or ["digits"]
         self.datasets = list(dict.fromkeys(validate_dataset(d) for d in datasets))
@@ -128,20 +129,22 @@ def harness(leakbench_session):
     return leakbench_session.harness
 
 
-def _finish(lb) -> None:
-    """Store the defense figures; a storage failure is reported (the cells are stored)."""
+def _finish(lb, reference: bool = False) -> None:
+    """Run owed reference cells and store the defense figures; a failure is reported."""
     from leakbench.errors import LeakbenchError
 
     try:
-        lb._harness.finish()
+        lb._harness.finish(reference=reference)
     except LeakbenchError as exc:
         lb.finish_error = str(exc)
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
     lb = getattr(session.config, "_leakbench", None)
     if lb is not None and lb._harness is not None:
-        _finish(lb)
+        # Reference cells still owed (e.g. deselected by -k) run unless the session was stopped.
+        stopped = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop)
+        _finish(lb, reference=not stopped)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -151,7 +154,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if lb is None:
         return
     if lb.finish_error:
-        terminalreporter.write_line(f"leakbench: defense figures not stored: {lb.finish_error}",
+        terminalreporter.write_line(f"leakbench: reference cells or defense figures not stored: {lb.finish_error}",
                                     red=True)
     if exitstatus == pytest.ExitCode.INTERRUPTED and lb._harness is not None:
         h = lb._harness

@@ -60,11 +60,11 @@ def _cmd_leaderboard(args) -> int:
 
 def _cmd_cells(args) -> int:
     """Print one pytest node id per benchmark cell (for job arrays: one cell per task)."""
-    from leakbench.harness import expand, validate_dataset
+    from leakbench.harness import expand, validate_dataset, with_reference
     from leakbench.registry import ATTACKS, DEFENSES
     from leakbench.specs import split_specs
 
-    defenses = expand(args.defense, DEFENSES)
+    defenses = with_reference(expand(args.defense, DEFENSES))
     attacks = expand(args.attack, ATTACKS)
     datasets = [validate_dataset(s) for v in args.dataset or ["digits"] for s in split_specs(v)]
     for d in datasets:
