@@ -154,8 +154,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if lb is None:
         return
     if lb.finish_error:
-        terminalreporter.write_line(f"leakbench: reference cells or defense figures not stored: {lb.finish_error}",
-                                    red=True)
+        terminalreporter.write_line("leakbench: reference cells or defense figures not stored: "
+                                    f"{lb.finish_error}", red=True)
     if exitstatus == pytest.ExitCode.INTERRUPTED and lb._harness is not None:
         h = lb._harness
         why = f"stopped: {lb.stopped_by}" if lb.stopped_by else "interrupted"
@@ -187,7 +187,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows:
         return
     tr.section(f"leakbench leaderboard (profile {lb.profile})")
-    tr.write_line(render_table(leaderboard_frame(rows)))
+    from reports.tables import leaderboard_rows, reference_defenses
+    from reports.verdicts import verdict_lines
+
+    df = leaderboard_frame(rows)
+    findings = [f for f in store.findings()
+                if f["time"] >= lb.started and f["profile"] == lb.profile]
+    refs = {(dataset, ref) for (dataset, _), ref in reference_defenses(findings).items()}
+    tr.write_line(render_table(df, references=refs))
+    lines = verdict_lines(leaderboard_rows(df, findings))
+    if lines:
+        tr.write_line("verdicts against the reference (95% CI of the difference, or the "
+                      "attack's own test against it):")
+        for line in lines:
+            tr.write_line(f"  {line}")
     if events:
         built = [e for e in events if e.status != "hit"]
         tr.write_line(f"cache {lb._harness.cache.root}: {len(events) - len(built)} hit(s), "

@@ -121,6 +121,7 @@ class Harness:
     _contexts: dict[str, RunContext] = field(default_factory=dict)
     _targets: dict[tuple[str, str], BuiltTarget] = field(default_factory=dict)
     cells: list[dict[str, Any]] = field(default_factory=list)
+    _attempted: set[tuple[str, str, str]] = field(default_factory=set)
 
     @classmethod
     def create(cls, *, profile: str = "default", seed: int = 0, device: str | None = "cpu",
@@ -164,6 +165,7 @@ class Harness:
 
     def run_cell(self, dataset: str, defense_spec: str, attack_spec: str) -> Finding:
         """Run one attack on one defended target and store what it found."""
+        self._attempted.add((dataset, defense_spec, attack_spec))
         built = self.target(dataset, defense_spec)
         attack: Attack = resolve_plugin(ATTACKS, attack_spec)
         ctx = self.context(dataset)
@@ -229,11 +231,10 @@ class Harness:
         dataset, profile and seed, so each defense has a row to be compared with.
         """
         ref = self.reference_spec
-        done = {(c["dataset"], c["defense"], c["attack"]) for c in self.cells}
         owed = []
         for c in self.cells:
-            cell = (c["dataset"], ref, c["attack"])
-            if c["defense"] != ref and cell not in done and cell not in owed:
+            cell = (c["dataset"], ref, c["attack"])  # one that ran (or failed) is not owed
+            if c["defense"] != ref and cell not in self._attempted and cell not in owed:
                 owed.append(cell)
         return owed
 

@@ -244,6 +244,7 @@ def privacy_quality_figure(points: list[tuple[str, float, float]], front: list[i
     The ``reference`` (undefended) point is drawn as an open square and labelled so.
     """
     fig, ax = _subplots(figsize=(6, 4))
+    labels: dict[tuple[float, float], list[str]] = {}  # points that coincide share one label
     for i, (label, x, y) in enumerate(points):
         on = i in front
         if label == reference:
@@ -253,7 +254,10 @@ def privacy_quality_figure(points: list[tuple[str, float, float]], front: list[i
         else:
             ax.scatter([x], [y], s=36, color="#2ca02c" if on else "#7f7f7f", zorder=3,
                        marker="*" if on else "o")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        labels.setdefault((x, y), []).append(label)
+    for (x, y), names in labels.items():
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7)
     if front:
         f = sorted((points[i][1], points[i][2]) for i in front)
         ax.step([p[0] for p in f], [p[1] for p in f], where="post", color="#2ca02c", lw=1,

@@ -94,12 +94,13 @@ def _comparison_p(cell: Cell, ref: Cell) -> tuple[str, float] | None:
 
 def compare_cell(attack: str, cell: Cell, ref: Cell) -> Clause:
     """The clause for one attack: ``cell`` (a defense) against ``ref`` (the reference)."""
-    name = f"{attack} {cell.metric}"
+    name = attack if cell.metric == attack else f"{attack} {cell.metric}"
     values = f"{fmt(cell.value, 3)} vs {fmt(ref.value, 3)}"
-    if cell.direction not in ("lower", "higher"):  # not a safety metric: a cost
+    if cell.direction not in ("lower", "higher"):  # not a safety metric: a cost (FID) or a figure
         ratio = (f"{fmt(cell.value / ref.value, 2)}× the reference" if ref.value > 0 and
                  cell.value >= 0 else "against the reference")
-        return Clause(attack, cell.metric, "cost", f"{name} {ratio} ({values})", cell.access)
+        return Clause(attack, cell.metric, "cost",
+                      f"{name} {ratio} ({values}; no safer direction)", cell.access)
 
     # The evidence: the CI of the difference, else the attack's comparison test.
     tests = []
