@@ -79,8 +79,8 @@ def _ratio(value: float, ref: float) -> str | None:
     return f"{fmt(hi / lo, 2)}× {word}"
 
 
-def _p_text(p: float) -> str:
-    return "p < 1e-300" if p == 0 else f"p = {fmt(p, 2)}"
+def _p_text(name: str, p: float) -> str:
+    return f"{name} < 1e-300" if p == 0 else f"{name} = {fmt(p, 2)}"
 
 
 def _comparison_p(cell: Cell, ref: Cell) -> tuple[str, float] | None:
@@ -106,7 +106,7 @@ def compare_cell(attack: str, cell: Cell, ref: Cell) -> Clause:
     tests = []
     comp = _comparison_p(cell, ref)
     if comp is not None:
-        tests.append(f"{comp[0]} {_p_text(comp[1])}")
+        tests.append(_p_text(*comp))
     d = cell.value - ref.value
     if None not in (cell.ci_low, cell.ci_high, ref.ci_low, ref.ci_high):
         lo, hi = difference_ci(cell.value, (cell.ci_low, cell.ci_high),

@@ -88,7 +88,7 @@ def test_verdict_words_follow_the_metric_metadata(tmp_path):
     by = {c.attack: c for c in v.clauses}
     assert by["replication"].kind == "reduced"
     assert "replication frac_above 21× lower" in by["replication"].text
-    assert "chi2_p p = 3.0e-189" in by["replication"].text  # the attack's test is cited
+    assert "chi2_p = 3.0e-189" in by["replication"].text  # the attack's test is cited
     assert by["fid"].kind == "cost" and "2.5× the reference" in by["fid"].text
     # higher is safer here, and it went down: less safe, never "reduced"
     assert by["shield"].kind == "less safe" and "1.7× lower" in by["shield"].text
@@ -103,7 +103,7 @@ def test_a_comparison_test_decides_without_cis(tmp_path):
         ("rejection", {}, "replication", [Metric("frac_above", 0.03, n=100, direction="lower")]),
     ])
     by = {v.defense: v.clauses[0] for v in verdicts(_rows(store))}
-    assert by["cpsample"].kind == "no reduction" and "chi2_p p = 0.25" in by["cpsample"].text
+    assert by["cpsample"].kind == "no reduction" and "chi2_p = 0.25" in by["cpsample"].text
     assert by["rejection"].kind == "not judged"
 
 
