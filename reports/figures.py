@@ -225,7 +225,7 @@ def axis_limits(values: list[float], pad: float = 0.12) -> tuple[float, float]:
 
     Non-negative values start at 0 (an FID or a leak fraction is read against zero, and a
     single point must not sit on an axis spanning its rounding error); the top is the
-    largest value plus ``pad`` of the span; a span of zero becomes [0, 1] or [0, 2·v].
+    largest value plus ``pad`` of the span; all values 0 give [0, 1].
     """
     lo, hi = min(values), max(values)
     if lo >= 0:
