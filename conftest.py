@@ -51,14 +51,15 @@ class _LeakbenchSession:
 
     def __init__(self, config):
         from leakbench.config import get_profile
-        from leakbench.harness import expand, validate_dataset
+        from leakbench.harness import expand, validate_dataset, with_reference
         from leakbench.registry import ATTACKS, DEFENSES
         from leakbench.specs import split_specs
 
         opt = config.getoption
         self.config = config
         self.profile = get_profile(opt("--profile")).name
-        self.defenses = expand(opt("--defense"), DEFENSES)
+        # The undefended reference runs first, beside the defenses asked for.
+        self.defenses = with_reference(expand(opt("--defense"), DEFENSES))
         self.attacks = expand(opt("--attack"), ATTACKS)
         datasets = [s for v in opt("--dataset") for s in split_specs(v)] or ["digits"]
         self.datasets = list(dict.fromkeys(validate_dataset(d) for d in datasets))
@@ -128,20 +129,22 @@ def harness(leakbench_session):
     return leakbench_session.harness
 
 
-def _finish(lb) -> None:
-    """Store the defense figures; a storage failure is reported (the cells are stored)."""
+def _finish(lb, reference: bool = False) -> None:
+    """Run owed reference cells and store the defense figures; a failure is reported."""
     from leakbench.errors import LeakbenchError
 
     try:
-        lb._harness.finish()
+        lb._harness.finish(reference=reference)
     except LeakbenchError as exc:
         lb.finish_error = str(exc)
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
     lb = getattr(session.config, "_leakbench", None)
     if lb is not None and lb._harness is not None:
-        _finish(lb)
+        # Reference cells still owed (e.g. deselected by -k) run unless the session was stopped.
+        stopped = exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop)
+        _finish(lb, reference=not stopped)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -151,8 +154,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if lb is None:
         return
     if lb.finish_error:
-        terminalreporter.write_line(f"leakbench: defense figures not stored: {lb.finish_error}",
-                                    red=True)
+        terminalreporter.write_line("leakbench: reference cells or defense figures not stored: "
+                                    f"{lb.finish_error}", red=True)
     if exitstatus == pytest.ExitCode.INTERRUPTED and lb._harness is not None:
         h = lb._harness
         why = f"stopped: {lb.stopped_by}" if lb.stopped_by else "interrupted"
@@ -184,7 +187,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows:
         return
     tr.section(f"leakbench leaderboard (profile {lb.profile})")
-    tr.write_line(render_table(leaderboard_frame(rows)))
+    from reports.tables import leaderboard_rows, reference_defenses
+    from reports.verdicts import verdict_lines
+
+    df = leaderboard_frame(rows)
+    findings = [f for f in store.findings()
+                if f["time"] >= lb.started and f["profile"] == lb.profile]
+    refs = {(dataset, ref) for (dataset, _), ref in reference_defenses(findings).items()}
+    tr.write_line(render_table(df, references=refs))
+    lines = verdict_lines(leaderboard_rows(df, findings))
+    if lines:
+        tr.write_line("verdicts against the reference (95% CI of the difference, or the "
+                      "attack's own test against it):")
+        for line in lines:
+            tr.write_line(f"  {line}")
     if events:
         built = [e for e in events if e.status != "hit"]
         tr.write_line(f"cache {lb._harness.cache.root}: {len(events) - len(built)} hit(s), "

@@ -43,28 +43,40 @@ def _cmd_list(args) -> int:
 def _cmd_leaderboard(args) -> int:
     from leakbench.leaderboard import leaderboard_frame, render_csv, render_json, render_table
 
-    rows = []
+    rows, findings = [], []
     for store in _existing_stores(args.results):  # several stores (one per machine) merge
         rows.extend(store.rows())
+        findings.extend(store.findings())
     if args.profile:
         rows = [r for r in rows if r["profile"] == args.profile]
+        findings = [f for f in findings if f["profile"] == args.profile]
     df = leaderboard_frame(rows)
     if args.no_timings:
         from leakbench.leaderboard import is_timing
 
         df = df[[not is_timing(m) for m in df["metric"]]]
-    out = {"table": render_table, "csv": render_csv, "json": render_json}[args.format](df)
+    if args.format == "table":
+        from reports.tables import leaderboard_rows, reference_defenses
+        from reports.verdicts import verdict_lines
+
+        refs = {(dataset, ref) for (dataset, _), ref in reference_defenses(findings).items()}
+        out = render_table(df, references=refs)
+        lines = verdict_lines(leaderboard_rows(df, findings)) if len(df) else []
+        out += "".join(["\nverdicts against the reference:", *(f"\n  {x}" for x in lines)]
+                       if lines else [])
+    else:
+        out = {"csv": render_csv, "json": render_json}[args.format](df)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     return 0
 
 
 def _cmd_cells(args) -> int:
     """Print one pytest node id per benchmark cell (for job arrays: one cell per task)."""
-    from leakbench.harness import expand, validate_dataset
+    from leakbench.harness import expand, validate_dataset, with_reference
     from leakbench.registry import ATTACKS, DEFENSES
     from leakbench.specs import split_specs
 
-    defenses = expand(args.defense, DEFENSES)
+    defenses = with_reference(expand(args.defense, DEFENSES))
     attacks = expand(args.attack, ATTACKS)
     datasets = [validate_dataset(s) for v in args.dataset or ["digits"] for s in split_specs(v)]
     for d in datasets:
@@ -79,12 +91,19 @@ def _cmd_report(args) -> int:
     from leakbench.paths import writable_dir, writing_to
     from reports.site import build_site
 
+    if args.about is not None and len(args.about) > ABOUT_LIMIT:
+        raise LeakbenchError(f"--about is {len(args.about):,} characters; keep it under "
+                             f"{ABOUT_LIMIT:,} (a paragraph) and link to longer notes from it.")
     stores = _existing_stores(args.results)
     out = writable_dir(args.out, what="the report folder", option="--out")
     with writing_to(out, what="the report folder", option="--out"):
-        index = build_site(stores, out)
+        index = build_site(stores, out, title=args.title, about=args.about)
     print(index)
     return 0
+
+
+ABOUT_LIMIT = 2000
+"""Characters of ``leakbench report --about``: a paragraph under the title, not a document."""
 
 
 def _existing_stores(folders: list[str] | None) -> list:
@@ -138,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--out", required=True, metavar="DIR", help="folder to write the site to")
     p_rep.add_argument("--results", action="append", default=None,
                        help="results folder (default ./leakbench-results); repeat to merge stores")
+    p_rep.add_argument("--title", default=None,
+                       help='heading and page title of the index (default "leakbench leaderboard")')
+    p_rep.add_argument("--about", default=None, metavar="TEXT",
+                       help="a short free text shown under the title (who ran what, where)")
     p_rep.set_defaults(func=_cmd_report)
     p_chk = sub.add_parser("check-store", help="say whether a results store is readable, and "
                                                "what of it (read-only; exit 1 if not healthy)")

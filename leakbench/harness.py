@@ -85,6 +85,17 @@ def check_locations(*, cache_dir=None, results=None, data_root=None, model=None)
         readable_dir(model, what="the model folder", option="--model")
 
 
+REFERENCE_DEFENSE = "ddim"
+"""The undefended reference every run also attacks: the leaderboard compares each defense
+with it (a user's own model replaces it where the harness is given another spec)."""
+
+
+def with_reference(defenses: list[str], reference: str = REFERENCE_DEFENSE) -> list[str]:
+    """Canonical defense specs with the reference first (added when it was not asked for)."""
+    ref = expand([reference], DEFENSES)[0]
+    return [ref, *(d for d in defenses if d != ref)] if ref not in defenses else list(defenses)
+
+
 @dataclass
 class BuiltTarget:
     defense: Defense
@@ -105,10 +116,12 @@ class Harness:
     data_root: str | os.PathLike | None = None
     progress: bool = True
     command: str = ""
+    reference: str = REFERENCE_DEFENSE
     _run: Run | None = None
     _contexts: dict[str, RunContext] = field(default_factory=dict)
     _targets: dict[tuple[str, str], BuiltTarget] = field(default_factory=dict)
     cells: list[dict[str, Any]] = field(default_factory=list)
+    _attempted: set[tuple[str, str, str]] = field(default_factory=set)
 
     @classmethod
     def create(cls, *, profile: str = "default", seed: int = 0, device: str | None = "cpu",
@@ -152,12 +165,15 @@ class Harness:
 
     def run_cell(self, dataset: str, defense_spec: str, attack_spec: str) -> Finding:
         """Run one attack on one defended target and store what it found."""
+        self._attempted.add((dataset, defense_spec, attack_spec))
         built = self.target(dataset, defense_spec)
         attack: Attack = resolve_plugin(ATTACKS, attack_spec)
         ctx = self.context(dataset)
         t0 = time.perf_counter()
         finding = self.attack_finding(built, attack, ctx)
         finding.metrics.extend(self.reference_metrics(dataset, built, attack, ctx, finding))
+        # Which row the report compares this one with (stored with the finding's info).
+        finding.info = {**finding.info, "reference_defense": self.reference_spec}
         seconds = time.perf_counter() - t0
         self.store.record(
             self.run, dataset=dataset, defense=defense_spec,
@@ -205,12 +221,41 @@ class Harness:
             return []
         return attack.compare(finding, self.attack_finding(ref, attack, ctx))
 
-    def finish(self) -> None:
-        """Store the defense figures of every target with a completed cell (idempotent).
+    @property
+    def reference_spec(self) -> str:
+        """The reference defense as a canonical spec (``ddim`` unless told otherwise)."""
+        return expand([self.reference], DEFENSES)[0]
+
+    def missing_reference_cells(self) -> list[tuple[str, str, str]]:
+        """(dataset, reference, attack) cells this session still owes the leaderboard.
+
+        Every attack that ran on a defense also runs on the reference at the same
+        dataset, profile and seed, so each defense has a row to be compared with.
+        """
+        ref = self.reference_spec
+        owed = []
+        for c in self.cells:
+            cell = (c["dataset"], ref, c["attack"])  # one that ran (or failed) is not owed
+            if c["defense"] != ref and cell not in self._attempted and cell not in owed:
+                owed.append(cell)
+        return owed
+
+    def run_reference_cells(self) -> list[tuple[str, str, str]]:
+        """Run the reference cells still owed (found in the cache when they ran before)."""
+        owed = self.missing_reference_cells()
+        for dataset, ref, attack in owed:
+            self.run_cell(dataset, ref, attack)
+        return owed
+
+    def finish(self, *, reference: bool = True) -> None:
+        """Run the owed reference cells, then store the defense figures (idempotent).
 
         A target whose cells were all interrupted or failed gets no figures: the store
-        then holds nothing of a cell that did not finish.
+        then holds nothing of a cell that did not finish.  ``reference=False`` (an
+        interrupted session) stores the figures only.
         """
+        if reference:
+            self.run_reference_cells()
         done = {(c["dataset"], c["defense"]) for c in self.cells}
         for dataset, defense_spec in list(self._targets):
             if (dataset, defense_spec) in done:

@@ -57,8 +57,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render_table(df: pd.DataFrame) -> str:
-    """A plain-text table: value [CI] p n, with an arrow for the safer direction."""
+def render_table(df: pd.DataFrame, references: set[tuple[str, str]] | None = None) -> str:
+    """A plain-text table: value [CI] p n, with an arrow for the safer direction.
+
+    ``references``: (dataset, defense) pairs to mark as the reference of their dataset.
+    """
     if df.empty:
         return "(no results)"
     lines = []
@@ -69,7 +72,10 @@ def render_table(df: pd.DataFrame) -> str:
         ci = ""
         if r.get("ci_low") is not None and not pd.isna(r.get("ci_low")):
             ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-        body.append([r["dataset"], r["defense"], r["attack"], r.get("threat_model") or "",
+        defense = r["defense"]
+        if references and (r["dataset"], defense) in references:
+            defense += " (reference)"
+        body.append([r["dataset"], defense, r["attack"], r.get("threat_model") or "",
                      f"{arrow}{r['metric']}",
                      _fmt(r["value"]), ci, _fmt(r.get("p_value")),
                      "" if pd.isna(r.get("n")) else str(int(r["n"]))])

@@ -220,20 +220,52 @@ def finding_figures(arrays: dict[str, np.ndarray], info: dict | None = None) -> 
     return out
 
 
+def axis_limits(values: list[float], pad: float = 0.12) -> tuple[float, float]:
+    """Axis limits that show one or two points sensibly.
+
+    Non-negative values start at 0 (an FID or a leak fraction is read against zero, and a
+    single point must not sit on an axis spanning its rounding error); the top is the
+    largest value plus ``pad`` of the span; all values 0 give [0, 1].
+    """
+    lo, hi = min(values), max(values)
+    if lo >= 0:
+        lo = 0.0
+    span = hi - lo
+    if span <= 0:
+        span = abs(hi) or 1.0
+        return (lo - span if lo < 0 else 0.0), hi + span
+    return lo - (pad * span if lo < 0 else 0.0), hi + pad * span
+
+
 def privacy_quality_figure(points: list[tuple[str, float, float]], front: list[int],
-                           ylabel: str) -> bytes:
-    """Privacy (lower is safer) against FID, every defense variant, the Pareto front joined."""
+                           ylabel: str, reference: str | None = None) -> bytes:
+    """Privacy (lower is safer) against FID, every defense variant, the Pareto front joined.
+
+    The ``reference`` (undefended) point is drawn as an open square and labelled so.
+    """
     fig, ax = _subplots(figsize=(6, 4))
+    labels: dict[tuple[float, float], list[str]] = {}  # points that coincide share one label
     for i, (label, x, y) in enumerate(points):
         on = i in front
-        ax.scatter([x], [y], s=36, color="#2ca02c" if on else "#7f7f7f", zorder=3,
-                   marker="*" if on else "o")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        if label == reference:
+            ax.scatter([x], [y], s=60, facecolors="none", edgecolors="#d62728", zorder=4,
+                       marker="s", linewidths=1.5)
+            label = f"{label} (reference)"
+        else:
+            ax.scatter([x], [y], s=36, color="#2ca02c" if on else "#7f7f7f", zorder=3,
+                       marker="*" if on else "o")
+        labels.setdefault((x, y), []).append(label)
+    for (x, y), names in labels.items():
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7)
     if front:
         f = sorted((points[i][1], points[i][2]) for i in front)
         ax.step([p[0] for p in f], [p[1] for p in f], where="post", color="#2ca02c", lw=1,
                 label="Pareto front (safe and good)")
         ax.legend(frameon=False)
+    if points:
+        ax.set_xlim(*axis_limits([p[1] for p in points]))
+        ax.set_ylim(*axis_limits([p[2] for p in points]))
     ax.set_xlabel("FID (lower: closer to real images)")
     ax.set_ylabel(f"{ylabel} (lower: safer)")
     return _png(fig)

@@ -9,7 +9,9 @@ each page (a ``<span id="build-time">``).  No CSS or JavaScript comes from the n
 from __future__ import annotations
 
 import json
+import math
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from reports.tables import (
     pareto_front,
     privacy_axis,
 )
+from reports.verdicts import verdicts
 
 TEMPLATES = Path(__file__).parent / "templates"
 PAPER_REFERENCE = Path(__file__).parent / "paper_reference.json"
@@ -50,8 +53,19 @@ def _environment():
                              autoescape=jinja2.select_autoescape(["html"]),
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["fmt"] = fmt
+    env.filters["breakable"] = breakable
     env.filters["sortkey"] = lambda v: "" if v is None else repr(float(v))
     return env
+
+
+def breakable(text: Any):
+    """Escaped text with line-break opportunities after ``_ , [ /`` (long specs and names wrap)."""
+    import markupsafe
+
+    out = str(markupsafe.escape(text))
+    for ch in "_,[/":
+        out = out.replace(ch, ch + "<wbr>")
+    return markupsafe.Markup(out)
 
 
 def load_paper_reference() -> list[dict[str, Any]]:
@@ -74,9 +88,17 @@ def _machine(text: str | None) -> str:
     return ", ".join(p for p in parts if p)
 
 
+DEFAULT_TITLE = "leakbench leaderboard"
+
+
 def build_site(stores: ResultsStore | list[ResultsStore], out: str | os.PathLike, *,
-               build_time: str | None = None) -> Path:
-    """Write ``index.html``, one page per leaderboard row and their figures under ``out``."""
+               build_time: str | None = None, title: str | None = None,
+               about: str | None = None) -> Path:
+    """Write ``index.html``, one page per leaderboard row and their figures under ``out``.
+
+    ``title`` heads the index (default "leakbench leaderboard"); ``about`` is a short
+    free text shown under it (what was run, by whom), escaped as plain text.
+    """
     stores = [stores] if isinstance(stores, ResultsStore) else list(stores)
     out = Path(out)
     build_time = build_time or time.strftime("%Y-%m-%d %H:%M:%S")
@@ -102,26 +124,38 @@ def build_site(stores: ResultsStore | list[ResultsStore], out: str | os.PathLike
     for (dataset, profile), points in sorted(chart_points(rows).items()):
         labelled = [(r.defense, fid, priv) for r, fid, priv in points]
         front = pareto_front([(fid, priv) for _, fid, priv in labelled])
+        reference = next((r.defense for r, _, _ in points if r.reference), None)
         name = f"figures/privacy_quality-{dataset}-{profile}.png".replace(":", "_")
-        _write(out / name, F.privacy_quality_figure(labelled, front, f"{axis[0]} {axis[1]}"))
+        _write(out / name, F.privacy_quality_figure(labelled, front, f"{axis[0]} {axis[1]}",
+                                                    reference=reference))
         charts.append({"dataset": dataset, "profile": profile, "src": name,
                        "axis": f"{axis[0]} {axis[1]}"})
+
+    # One verdict per non-reference row, against its dataset and profile's reference.
+    verdict_of = {(v.dataset, v.defense, v.profile): v for v in verdicts(rows)}
+    reference_of = {(r.dataset, r.profile): r for r in rows if r.reference}
 
     # One page per leaderboard row: every attack's metrics and figures.
     for row in rows:
         sections = []
         for attack in sorted({*row.cells, "defense"} if row.costs else set(row.cells)):
             sections.append(_attack_section(row, attack, df, stored, out))
-        html = env.get_template("cell.html").render(row=row, sections=sections, runs=runs,
-                                                    threats={a: threat_model(a) for a in row.cells},
-                                                    build_time=build_time)
+        html = env.get_template("cell.html").render(
+            row=row, sections=sections, runs=runs, build_time=build_time,
+            threats={a: threat_model(a) for a in row.cells},
+            verdict=verdict_of.get((row.dataset, row.defense, row.profile)),
+            reference=reference_of.get((row.dataset, row.profile)))
         _write(out / "cells" / f"{row.slug}.html", html)
 
     paper = _paper_rows(rows, df) if len(df) else []
+    access = threats  # each attack's threat model (leakbench.leaderboard.threat_model)
     html = env.get_template("index.html").render(
-        rows=rows, attacks=attacks, costs=costs, directions=directions, threats=threats,
-        runs=runs, charts=charts, paper=paper, build_time=build_time, quality_attack=QUALITY_ATTACK,
-        n_stores=len(stores))
+        rows=rows, attacks=attacks, costs=costs, directions=directions, access=access,
+        runs=runs, charts=charts, paper=paper, build_time=build_time,
+        quality_attack=QUALITY_ATTACK, n_stores=len(stores),
+        verdicts=[verdict_of[(r.dataset, r.defense, r.profile)] for r in rows
+                  if (r.dataset, r.defense, r.profile) in verdict_of],
+        title=title or DEFAULT_TITLE, about=about or "")
     _write(out / "index.html", html)
     return out / "index.html"
 
@@ -159,13 +193,52 @@ def _attack_section(row: Row, attack: str, df, stored: list[StoredFinding], out:
             "info": info_text if len(info_text) < 4000 else info_text[:4000] + " …"}
 
 
+def setting_matches(params: dict[str, Any], setting: dict[str, Any]) -> bool:
+    """Whether a cell's stored defense params equal every param of a paper's setting."""
+    for key, want in setting.items():
+        if key not in params:
+            return False
+        have = params[key]
+        if isinstance(want, (int, float)) and not isinstance(want, bool):
+            if not isinstance(have, (int, float)) or isinstance(have, bool):
+                return False
+            if not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0):
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def setting_spec(defense: str, setting: dict[str, Any]) -> tuple[str | None, str]:
+    """The spec that runs a paper's setting (canonical), or None and the reason it cannot."""
+    from leakbench.errors import LeakbenchError
+    from leakbench.harness import expand
+    from leakbench.registry import DEFENSES
+
+    def text(v):
+        return repr(v) if isinstance(v, str) else format(v, "g") if isinstance(v, float) else str(v)
+
+    args = ",".join(f"{k}={text(v)}" for k, v in sorted(setting.items()))
+    spec = f"{defense}[{args}]" if args else defense
+    try:
+        return expand([spec], DEFENSES)[0], ""
+    except (LeakbenchError, ValueError, TypeError) as exc:
+        return None, str(exc)
+
+
 def _paper_rows(rows: list[Row], df) -> list[dict[str, Any]]:
-    """Paper-reported numbers beside the measured number of the same defense and metric."""
+    """Paper-reported numbers beside the measured number at the paper's setting.
+
+    An entry is matched to a row of its defense whose stored params equal the entry's
+    ``params`` (α, s, ε, ...); where none was run, the entry says which spec runs it
+    instead of showing another setting's number.
+    """
     out = []
     for entry in load_paper_reference():
+        setting = entry.get("params", {})
         measured = []
         for r in rows:
-            if r.defense.split("[")[0] != entry["defense"]:
+            if r.defense.split("[")[0] != entry["defense"] or not setting_matches(r.params, setting):
                 continue
             sel = df[(df["dataset"] == r.dataset) & (df["defense"] == r.defense)
                      & (df["profile"] == r.profile) & (df["attack"] == entry["attack"])
@@ -175,5 +248,9 @@ def _paper_rows(rows: list[Row], df) -> list[dict[str, Any]]:
                                  "value": float(m["value"]),
                                  "n": None if m["n"] != m["n"] or m["n"] is None else int(m["n"]),
                                  "slug": r.slug})
-        out.append({**entry, "measured": measured})
+        spec, why = (None, "") if measured else setting_spec(entry["defense"], setting)
+        command = (f"pytest benchmarks/ --defense {shlex.quote(spec)} --attack "
+                   f"{shlex.quote(entry['attack'])}" if spec else None)
+        out.append({**entry, "measured": measured, "run_spec": spec, "run_command": command,
+                    "unrunnable": why})
     return out

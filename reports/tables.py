@@ -8,6 +8,7 @@ attacks the privacy-vs-quality chart prefers as its privacy axis.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class Cell:
     p_metric: str | None = None
     n: int | None = None
     direction: str | None = None
+    access: str | None = None
 
 
 @dataclass
@@ -48,6 +50,9 @@ class Row:
     costs: dict[str, float] = field(default_factory=dict)
     run_ids: list[str] = field(default_factory=list)
     pareto: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+    reference: bool = False
+    """The undefended reference of its dataset and profile: the row the others are compared with."""
 
     @property
     def slug(self) -> str:
@@ -81,12 +86,53 @@ def _pick_headline(group: pd.DataFrame, headline: str | None) -> pd.Series:
     return (directed if len(directed) else group).iloc[0]
 
 
+def _info(finding: dict[str, Any]) -> dict[str, Any]:
+    try:
+        info = json.loads(finding.get("info") or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def reference_defenses(findings: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(dataset, profile) -> the reference defense the newest run there compared against.
+
+    The harness stores it with every finding (``reference_defense``); a store written
+    before it did falls back to the harness's default reference.
+    """
+    from leakbench.harness import REFERENCE_DEFENSE
+
+    out: dict[tuple[str, str], str] = {}
+    for f in sorted(findings, key=lambda f: f["time"]):
+        key = (f["dataset"], f["profile"])
+        out[key] = _info(f).get("reference_defense") or out.get(key) or REFERENCE_DEFENSE
+    return out
+
+
+def attack_access(attack: str, attack_params: str | dict | None = None,
+                  info: dict[str, Any] | None = None) -> str | None:
+    """The threat model an attack ran under: the finding's own ``threat_model`` (info), else
+    ``leakbench.leaderboard.threat_model`` of the spec; None for an unloaded plugin."""
+    if info and isinstance(info.get("threat_model"), str):
+        return info["threat_model"]
+    from leakbench.leaderboard import threat_model
+
+    found = threat_model(attack)
+    return None if found in ("", "unknown") else found
+
+
 def leaderboard_rows(df: pd.DataFrame, findings: list[dict[str, Any]]) -> list[Row]:
     """Leaderboard rows from ``leakbench.leaderboard.leaderboard_frame`` output."""
     heads = headline_names(findings)
+    infos = {(f["run_id"], f["dataset"], f["defense"], f["attack"], f["profile"]): _info(f)
+             for f in findings}
+    refs = reference_defenses(findings)
     rows: dict[tuple[str, str, str], Row] = {}
     for (dataset, defense, profile, attack), group in df.groupby(ROW + ["attack"], sort=True):
         row = rows.setdefault((dataset, defense, profile), Row(dataset, defense, profile))
+        row.reference = refs.get((dataset, profile)) == defense
+        if "defense_params" in group and isinstance(group["defense_params"].iloc[0], str):
+            row.params = json.loads(group["defense_params"].iloc[0])
         run_id = group["run_id"].iloc[0]
         if run_id not in row.run_ids:
             row.run_ids.append(run_id)
@@ -99,12 +145,16 @@ def leaderboard_rows(df: pd.DataFrame, findings: list[dict[str, Any]]) -> list[R
                     _num(h["p_value"]), h["metric"] if _num(h["p_value"]) is not None else None,
                     None if _num(h["n"]) is None else int(h["n"]),
                     h["direction"] if isinstance(h["direction"], str) else None)
+        cell.access = attack_access(attack, group["attack_params"].iloc[0]
+                                    if "attack_params" in group else None,
+                                    infos.get((run_id, dataset, defense, attack, profile)))
         if cell.p_value is None:  # a comparison p-value of the same attack (e.g. chi2_p)
             with_p = group[group["p_value"].notna()]
             if len(with_p):
                 cell.p_value, cell.p_metric = float(with_p.iloc[0]["p_value"]), with_p.iloc[0]["metric"]
         row.cells[attack] = cell
-    out = [rows[k] for k in sorted(rows)]
+    # Within a dataset and profile, the reference first.
+    out = sorted(rows.values(), key=lambda r: (r.dataset, r.profile, not r.reference, r.defense))
     mark_pareto(out)
     return out
 

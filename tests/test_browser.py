@@ -20,7 +20,8 @@ pytestmark = pytest.mark.browser
 # Chromium must not reach out: no network services, no updates, a fresh profile.
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+         "--disable-component-update", "--disable-sync", "--window-size=1280,900"]
+# The report must fit a 1,280 px wide window without horizontal scrolling.
 
 
 def _find(*names: str) -> str | None:
@@ -71,15 +72,40 @@ def _column_values(driver, index: int) -> list[str]:
     return [r.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-sort") for r in rows]
 
 
+def _assert_no_horizontal_scroll(driver, page: str) -> None:
+    width, scroll = driver.execute_script(
+        "return [window.innerWidth, document.documentElement.scrollWidth]")
+    assert width <= 1280, f"the window is {width} px wide; the check needs at most 1,280"
+    assert scroll <= width, f"{page} is {scroll} px wide in a {width} px window: it scrolls"
+
+
 def test_leaderboard_rows_sorting_and_a_cell_page(driver, site, report_store):
     from selenium.webdriver.common.by import By
 
     defenses = report_store.defenses
     driver.get(site.as_uri())
-    assert driver.title == "leakbench report"
+    assert driver.title == "leakbench leaderboard"
     rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
     assert sorted(r.get_attribute("data-defense") for r in rows) == sorted(defenses)
+    assert [r.get_attribute("data-defense") for r in rows
+            if r.get_attribute("data-reference") == "true"] == ["ddim"]
+    _assert_no_horizontal_scroll(driver, "the index")
+    # One visible verdict line per defense that is not the reference.
+    verdicts = driver.find_elements(By.CSS_SELECTOR, "#verdicts li.verdict")
+    assert sorted(v.get_attribute("data-defense") for v in verdicts) == \
+        sorted(d for d in defenses if d != "ddim")
+    for v in verdicts:
+        assert v.is_displayed() and "frac_above" in v.text and "fid" in v.text
     _screenshot(driver, "index")
+
+    # The reader can hide a group of columns.
+    box = driver.find_element(By.CSS_SELECTOR, "#columns input[data-toggle='costs']")
+    cost_header = driver.find_element(By.CSS_SELECTOR, "#leaderboard th.col-costs")
+    assert cost_header.is_displayed()
+    box.click()
+    assert not cost_header.is_displayed()
+    box.click()
+    assert cost_header.is_displayed()
 
     # Sort by the replication column: ascending, then descending on a second click.
     headers = driver.find_elements(By.CSS_SELECTOR, "#leaderboard thead th")
@@ -98,6 +124,15 @@ def test_leaderboard_rows_sorting_and_a_cell_page(driver, site, report_store):
              .get_attribute("data-defense") for i in range(len(defenses))]
     assert names == sorted(defenses)
 
+    # Open a defended page: its verdict is on top, and it fits the window too.
+    driver.find_element(By.LINK_TEXT, "cpsample").click()
+    assert "cpsample" in driver.title
+    verdict = driver.find_element(By.ID, "verdict")
+    assert "against the reference" in verdict.text and "frac_above" in verdict.text
+    _assert_no_horizontal_scroll(driver, "the cpsample page")
+    _screenshot(driver, "cell-cpsample")
+    driver.back()
+
     # Open the ddim page from its link; every figure on it must have loaded.
     driver.find_element(By.LINK_TEXT, "ddim").click()
     assert "ddim" in driver.title
@@ -107,4 +142,5 @@ def test_leaderboard_rows_sorting_and_a_cell_page(driver, site, report_store):
         loaded = driver.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth > 0", img)
         assert loaded, f"figure {img.get_attribute('src')} did not load"
+    _assert_no_horizontal_scroll(driver, "the ddim page")
     _screenshot(driver, "cell-ddim")

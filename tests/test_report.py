@@ -12,7 +12,7 @@ import pytest
 
 from leakbench.leaderboard import leaderboard_frame
 from reports.site import build_site, load_paper_reference
-from reports.tables import pareto_front
+from reports.tables import leaderboard_rows, pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,3 +155,52 @@ def test_report_command_on_a_missing_store_says_what_to_do(tmp_path):
     assert r.returncode == 2
     assert "No results store at" in r.stderr and "run `pytest benchmarks/` first" in r.stderr
     assert not (tmp_path / "site").exists()
+
+
+def test_reference_row_is_run_and_marked_when_only_one_defense_was_asked(smoke_harness, tmp_path):
+    h = smoke_harness
+    for attack in ("replication", "loss_mia"):
+        h.run_cell("digits", "cpsample", attack)
+    assert h.missing_reference_cells() == [("digits", "ddim", "replication"),
+                                           ("digits", "ddim", "loss_mia")]
+    h.finish()
+    assert h.missing_reference_cells() == []
+    rows = leaderboard_rows(leaderboard_frame(h.store.rows()), h.store.findings())
+    assert [(r.defense, r.reference) for r in rows] == [("ddim", True), ("cpsample", False)]
+    assert set(rows[0].cells) == set(rows[1].cells) == {"replication", "loss_mia"}
+    html = build_site(h.store, tmp_path / "site").read_text()
+    first = Page(html).rows["leaderboard"][0]
+    assert first["data-defense"] == "ddim" and first.get("data-reference") == "true"
+    assert 'class="verdict" data-defense="cpsample"' in html
+    assert 'class="verdict" data-defense="ddim"' not in html  # the reference has no verdict
+
+
+def test_report_command_takes_a_title_and_an_about_text(report_store, tmp_path):
+    about = "Run by the <imaging> lab on 2 CPUs.\nDefault profile."
+    r = subprocess.run([sys.executable, "-m", "leakbench.cli", "report", "--out",
+                        str(tmp_path / "site"), "--results", str(report_store.store.root),
+                        "--title", "Lab X privacy leaderboard", "--about", about],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "<title>Lab X privacy leaderboard</title>" in html
+    assert "<h1>Lab X privacy leaderboard</h1>" in html
+    assert "Run by the &lt;imaging&gt; lab" in html  # plain text, escaped
+    r = subprocess.run([sys.executable, "-m", "leakbench.cli", "report", "--out",
+                        str(tmp_path / "site2"), "--results", str(report_store.store.root),
+                        "--about", "x" * 5000], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "keep it under 2,000" in r.stderr
+    assert not (tmp_path / "site2").exists()
+
+
+def test_chart_axes_start_at_zero_and_show_one_or_two_points():
+    from reports.figures import axis_limits
+
+    lo, hi = axis_limits([0.031])  # from zero: not an axis spanning its rounding error
+    assert lo == 0.0 and 0.031 < hi < 0.04
+    lo, hi = axis_limits([28.8, 70.9])
+    assert lo == 0.0 and 70.9 < hi < 80
+    assert axis_limits([0.0]) == (0.0, 1.0)
+    lo, hi = axis_limits([-1.0, 1.0])
+    assert lo < -1.0 and hi > 1.0

@@ -62,8 +62,14 @@ def test_throwaway_plugin_runs_through_the_benchmark(tmp_path):
                 str(tmp_path / "cache"), "--results", str(res), "--benchmark-disable",
                 env_extra={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 passed" in r.stdout
+    # the undefended reference runs beside it, unasked, and is compared with
+    assert "4 passed" in r.stdout
     assert "leakbench leaderboard" in r.stdout and "throwaway[scale=0.5]" in r.stdout
+    assert "ddim (reference)" in r.stdout
+    assert "verdicts against the reference" in r.stdout
+    (verdict,) = [x for x in r.stdout.splitlines()
+                  if x.strip().startswith("throwaway[scale=0.5] on digits (smoke): ")]
+    assert "replication frac_above" in verdict and "count n_samples" in verdict
     index = res / "report" / "index.html"  # the session publishes the report and says where
     assert f"report: {index}" in r.stdout
     assert "throwaway[scale=0.5]" in index.read_text()
@@ -74,6 +80,7 @@ def test_throwaway_plugin_runs_through_the_benchmark(tmp_path):
     assert by[("count", "n_samples")]["value"] == 8
     assert by[("replication", "frac_above")]["value"] == 0.0  # noise replicates nothing
     assert by[("replication", "frac_above")]["defense"] == "throwaway[scale=0.5]"
+    assert {x["defense"] for x in rows} == {"ddim", "throwaway[scale=0.5]"}
 
 
 @pytest.mark.parametrize(
