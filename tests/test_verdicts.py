@@ -64,7 +64,7 @@ def test_verdict_says_no_significant_reduction_when_the_difference_ci_covers_zer
     (clause,) = v.clauses
     assert clause.kind == "no reduction"
     assert "no significant reduction" in clause.text and "0.98 vs 0.99" in clause.text
-    assert "white-box" == clause.access  # loss_mia's access, read from the attack class
+    assert clause.access == "white-box/effective"  # loss_mia's threat model, from the spec
     # The index and the cell page both carry it.
     index = build_site(store, tmp_path / "site")
     html = index.read_text()
