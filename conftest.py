@@ -70,6 +70,10 @@ class _LeakbenchSession:
 
             check_locations(cache_dir=opt("--cache-dir"), results=opt("--results"),
                             data_root=opt("--data-root"), model=opt("--model"))
+            if opt("--model"):
+                from leakbench.diffusion.external import load_diffusers_model
+
+                load_diffusers_model(opt("--model"))  # not a usable model: one sentence, no cell run
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._harness = None
         self.stopped_by = None  # the sentence of a storage failure that stopped the session

@@ -120,7 +120,8 @@ def folder_sha256(unet_dir: Path, scheduler_file: Path) -> str:
     from leakbench.data.base import file_sha256
 
     h = hashlib.sha256()
-    files = sorted(p for p in unet_dir.iterdir() if p.is_file()) + [scheduler_file]
+    files = sorted(p for p in unet_dir.iterdir() if p.is_file() and p != scheduler_file)
+    files.append(scheduler_file)
     for p in files:
         h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
     return h.hexdigest()
