@@ -119,8 +119,10 @@ def _cmd_check_store(args) -> int:
 
 def _cmd_export(args) -> int:
     """Write a trained target's denoiser as a diffusers pipeline folder that --model loads."""
-    from leakbench.harness import Harness, validate_dataset
+    from leakbench.diffusion.unet import UNet
+    from leakbench.harness import Harness, resolve_plugin, validate_dataset
     from leakbench.paths import writable_dir, writing_to
+    from leakbench.registry import DEFENSES
 
     out = Path(args.out).expanduser()
     if out.exists() and any(out.iterdir()):
@@ -128,16 +130,13 @@ def _cmd_export(args) -> int:
     dataset = validate_dataset(args.dataset)
     h = Harness.create(profile=args.profile, seed=args.seed, device=args.device,
                        cache_dir=args.cache_dir, data_root=args.data_root, progress=True)
-    built = h.target(dataset, args.defense).target
-    denoiser = built.model
-    from leakbench.diffusion.unet import UNet
-
+    ctx = h.context(dataset)
+    denoiser = resolve_plugin(DEFENSES, args.defense).train(ctx).get("denoiser")
     if not isinstance(denoiser, UNet):
         raise LeakbenchError(f"Defense {args.defense!r} has no plain U-Net denoiser to export; "
                              "export ddim (or dpsgd) instead.")
     from leakbench.diffusion.export import export_denoiser
 
-    ctx = h.context(dataset)
     writable_dir(out.parent, what="the export folder's parent", option="--out")
     with writing_to(out.parent, what="the export folder", option="--out"):
         export_denoiser(denoiser.cpu(), ctx.schedule, out, image_size=ctx.image_size,
