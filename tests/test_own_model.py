@@ -92,7 +92,7 @@ def test_the_model_is_the_target_and_its_files_key_the_cache(own_model, tmp_path
     assert len(ctx.splits.members) == 64 and ctx.splits.image_shape == (1, 8, 8)
     target = h.target(f"folder:{data}", "ddim").target
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 900])
-    torch.testing.assert_close(target.model(x, t), ctx.external.model.unet(x, t).sample)
+    torch.testing.assert_close(target.predict_noise(x, t), ctx.external.model.unet(x, t).sample)
     trained = Harness.create(profile="smoke", cache_dir=tmp_path / "c", results=tmp_path / "r",
                              progress=False)
     assert trained.context(f"folder:{data}").training_spec() != ctx.training_spec()
