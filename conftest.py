@@ -28,6 +28,9 @@ def pytest_addoption(parser):
                 help="artifact cache (default: $LEAKBENCH_CACHE_DIR or ~/.cache/leakbench)")
     g.addoption("--results", default=None, metavar="DIR",
                 help="results store folder (default: $LEAKBENCH_RESULTS or ./leakbench-results)")
+    g.addoption("--model", default=None, metavar="DIR",
+                help="audit your own diffusers model (a pipeline or UNet2DModel folder with its "
+                     "scheduler config) instead of the denoiser leakbench trains")
     g.addoption("--data-root", default=None, metavar="DIR",
                 help="folder with dataset files (default: $LEAKBENCH_DATA_ROOT, then medmnist's)")
     g.addoption("--no-report", action="store_true", default=False,
@@ -67,7 +70,11 @@ class _LeakbenchSession:
             from leakbench.harness import check_locations
 
             check_locations(cache_dir=opt("--cache-dir"), results=opt("--results"),
-                            data_root=opt("--data-root"))
+                            data_root=opt("--data-root"), model=opt("--model"))
+            if opt("--model"):
+                from leakbench.diffusion.external import load_diffusers_model
+
+                load_diffusers_model(opt("--model"))  # not a usable model: one sentence, no cell run
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._harness = None
         self.stopped_by = None  # the sentence of a storage failure that stopped the session
@@ -83,6 +90,7 @@ class _LeakbenchSession:
                 profile=self.profile, seed=opt("--seed"), device=opt("--device"),
                 cache_dir=opt("--cache-dir"), results=opt("--results"),
                 data_root=opt("--data-root"), progress=opt("verbose") >= 0,
+                model=opt("--model"),
                 command="pytest " + " ".join(self.config.invocation_params.args),
             )
         return self._harness

@@ -108,6 +108,8 @@ class Ambient(Defense):
         return ctx.cache.get_or_build("ambient_pretrained", spec, build,
                                       label=f"ambient public {ctx.dataset}")
 
+    trains_denoiser = True
+
     def train(self, ctx):
         from leakbench.diffusion.ambient import member_masks
         from leakbench.specs import params_dict

@@ -49,6 +49,8 @@ class DPSGD(Defense):
     paper = ("Abadi et al. 2016, Deep Learning with Differential Privacy; Dockhorn et al. 2023, "
              "Differentially Private Diffusion Models (DPDM)")
 
+    trains_denoiser = True
+
     def train(self, ctx):
         from leakbench.diffusion.private import train_private_denoiser
         from leakbench.specs import params_dict

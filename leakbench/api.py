@@ -202,7 +202,11 @@ class Defense(Plugin):
     ``train`` produces the artifacts (the default: the shared plain denoiser trained
     on the members, cached); ``wrap`` turns them into an ``AuditTarget``.
     Sampling-time defenses wrap the denoiser; they never fork the sampler.
+    A training-time defense (its ``train`` fits a denoiser of its own) sets
+    ``trains_denoiser``: it cannot protect a user's model given with ``--model``.
     """
+
+    trains_denoiser: ClassVar[bool] = False
 
     def train(self, ctx: RunContext) -> dict[str, Any]:
         return {"denoiser": ctx.denoiser()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from leakbench.errors import LeakbenchError
 
@@ -135,6 +136,34 @@ def _cmd_check_store(args) -> int:
     return 0 if healthy else 1
 
 
+def _cmd_export(args) -> int:
+    """Write a trained target's denoiser as a diffusers pipeline folder that --model loads."""
+    from leakbench.diffusion.unet import UNet
+    from leakbench.harness import Harness, resolve_plugin, validate_dataset
+    from leakbench.paths import writable_dir, writing_to
+    from leakbench.registry import DEFENSES
+
+    out = Path(args.out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise LeakbenchError(f"The export folder {out} is not empty; give a new or empty folder.")
+    dataset = validate_dataset(args.dataset)
+    h = Harness.create(profile=args.profile, seed=args.seed, device=args.device,
+                       cache_dir=args.cache_dir, data_root=args.data_root, progress=True)
+    ctx = h.context(dataset)
+    denoiser = resolve_plugin(DEFENSES, args.defense).train(ctx).get("denoiser")
+    if not isinstance(denoiser, UNet):
+        raise LeakbenchError(f"Defense {args.defense!r} has no plain U-Net denoiser to export; "
+                             "export ddim (or dpsgd) instead.")
+    from leakbench.diffusion.export import export_denoiser
+
+    writable_dir(out.parent, what="the export folder's parent", option="--out")
+    with writing_to(out.parent, what="the export folder", option="--out"):
+        export_denoiser(denoiser.cpu(), ctx.schedule, out, image_size=ctx.image_size,
+                        clip_x0=ctx.profile.clip_x0)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leakbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_chk.add_argument("--results", action="append", default=None,
                        help="results folder (default ./leakbench-results); repeatable")
     p_chk.set_defaults(func=_cmd_check_store)
+    p_exp = sub.add_parser("export", help="write a trained denoiser as a diffusers folder "
+                                          "(loadable with --model)")
+    p_exp.add_argument("--out", required=True, metavar="DIR", help="new folder to write")
+    p_exp.add_argument("--dataset", default="digits", help="as for pytest benchmarks/")
+    p_exp.add_argument("--defense", default="ddim", help="whose denoiser (default ddim)")
+    p_exp.add_argument("--profile", default="default")
+    p_exp.add_argument("--seed", type=int, default=0)
+    p_exp.add_argument("--device", default="cpu")
+    p_exp.add_argument("--cache-dir", default=None, metavar="DIR")
+    p_exp.add_argument("--data-root", default=None, metavar="DIR")
+    p_exp.set_defaults(func=_cmd_export)
     return p
 
 

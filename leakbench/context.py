@@ -42,6 +42,21 @@ class RunContext:
     cache: ArtifactCache = field(default_factory=ArtifactCache)
     data_root: str | os.PathLike | None = None
     progress: bool = True
+    model: str | os.PathLike | None = None  # a user's diffusers model folder (--model)
+
+    @functools.cached_property
+    def external(self):
+        """The user's model (``--model``), loaded from local files, or None: leakbench trains."""
+        if self.model is None:
+            return None
+        from leakbench.diffusion.external import load_diffusers_model
+
+        return load_diffusers_model(self.model)
+
+    @property
+    def image_size(self) -> int:
+        """The profile's image size, or the user's model's (the dataset is resized to it)."""
+        return self.external.image_size if self.external else self.profile.image_size
 
     @functools.cached_property
     def source(self):
@@ -53,26 +68,45 @@ class RunContext:
     def split_options(self):
         from leakbench.data.sources import parse_dataset_spec
 
-        return parse_dataset_spec(self.dataset)[2]
+        options = parse_dataset_spec(self.dataset)[2]
+        if self.external is not None and options.canary:
+            import dataclasses
+
+            # The canary is a member edited before training; a model trained elsewhere
+            # never saw it, so the members stay the files as they are.
+            options = dataclasses.replace(options, canary=False)
+        return options
 
     @functools.cached_property
     def splits(self):
         from leakbench.data.splits import make_splits
+        from leakbench.errors import UsageError
 
-        return make_splits(
+        splits = make_splits(
             self.source,
-            image_size=self.profile.image_size,
+            image_size=self.image_size,
             n_members=self.profile.n_members,
             pool_size=self.profile.pool_size,
             n_public=self.profile.n_public,
             seed=self.seed,
             options=self.split_options,
         )
+        if self.external is not None and splits.channels != self.external.channels:
+            def kind(c):
+                return "grey (1 channel)" if c == 1 else f"{c}-channel"
+
+            raise UsageError(
+                f"The model {self.model} makes {kind(self.external.channels)} images but dataset "
+                f"{self.dataset} is {kind(splits.channels)}; audit it on the images it was "
+                "trained on.")
+        return splits
 
     @functools.cached_property
     def schedule(self):
         from leakbench.diffusion.schedule import make_schedule
 
+        if self.external is not None:
+            return self.external.schedule
         return make_schedule(self.profile.schedule, self.profile.num_timesteps)
 
     def _optimisation_spec(self, steps: int) -> dict[str, Any]:
@@ -96,7 +130,7 @@ class RunContext:
         It holds the public images' hash and never the members': changing the members
         reuses the same pretrained denoiser.
         """
-        if not self.splits.n_public or not self.profile.pretrain_steps:
+        if self.external is not None or not self.splits.n_public or not self.profile.pretrain_steps:
             return None
         return {"public": self.splits.public_hash,
                 **self._optimisation_spec(self.profile.pretrain_steps)}
@@ -110,7 +144,12 @@ class RunContext:
         return p.train_steps if self.pretraining_spec() else p.pretrain_steps + p.train_steps
 
     def training_spec(self) -> dict[str, Any]:
-        """Everything that determines the plain denoiser's weights: its start and the members."""
+        """Everything that determines the plain denoiser's weights: its start and the members.
+
+        For a user's model (``--model``): the hash of its files, and the splits it is audited on.
+        """
+        if self.external is not None:
+            return {"splits": self.splits.hash, "model": self.external.fingerprint()}
         return {"splits": self.splits.hash, "init": self.pretraining_spec(),
                 **self._optimisation_spec(self.member_train_steps)}
 
@@ -194,6 +233,8 @@ class RunContext:
         """A fresh U-Net of the profile's size; ``pretrained`` starts it from the public checkpoint."""
         from leakbench.diffusion.unet import UNet
 
+        if self.external is not None:
+            raise self.retraining_refused("this step")
         model = UNet(self.splits.channels, self.profile.unet_channels, self.profile.unet_attention)
         state = self.public_state_dict() if pretrained else None
         if state is not None:
@@ -225,8 +266,22 @@ class RunContext:
         return self.cache.get_or_build("denoiser", self.training_spec(), build,
                                        label=f"denoiser {self.dataset}")
 
+    def retraining_refused(self, who: str):
+        """The one sentence for a defense that would retrain the user's model."""
+        from leakbench.errors import UsageError
+
+        return UsageError(
+            f"{who} trains its own denoiser on the members, so it cannot protect the model given "
+            f"with --model ({self.model}); audit that model with a sampling-time defense "
+            "(ddim, rejection, cpsample).")
+
     def denoiser(self):
-        """The plain ε-prediction U-Net fine-tuned on the members (cached; shared by defenses)."""
+        """The plain ε-prediction U-Net fine-tuned on the members (cached; shared by defenses).
+
+        With ``--model``: the user's model, as an ε-predictor.
+        """
+        if self.external is not None:
+            return self.external.model.to(self.device).eval().requires_grad_(False)
         model = self.new_unet()
         model.load_state_dict(self._denoiser_payload()["state_dict"])
         return model.to(self.device).eval().requires_grad_(False)
@@ -238,6 +293,8 @@ class RunContext:
 
     def denoiser_stats(self) -> dict[str, Any]:
         """``train_seconds`` of the fine-tune on the members, and ``pretrain_seconds`` if any."""
+        if self.external is not None:
+            return {}  # trained elsewhere: no cost of ours
         stats = dict(self._denoiser_payload()["stats"])
         pre = self.pretrain_stats()
         if pre:

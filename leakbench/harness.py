@@ -117,6 +117,7 @@ class Harness:
     progress: bool = True
     command: str = ""
     reference: str = REFERENCE_DEFENSE
+    model: str | os.PathLike | None = None  # a user's diffusers model folder: the audited denoiser
     _run: Run | None = None
     _contexts: dict[str, RunContext] = field(default_factory=dict)
     _targets: dict[tuple[str, str], BuiltTarget] = field(default_factory=dict)
@@ -126,11 +127,17 @@ class Harness:
     @classmethod
     def create(cls, *, profile: str = "default", seed: int = 0, device: str | None = "cpu",
                cache_dir=None, results=None, data_root=None, progress: bool = True,
-               command: str = "") -> Harness:
-        check_locations(cache_dir=cache_dir, results=results, data_root=data_root)
+               command: str = "", model=None) -> Harness:
+        """``model``: a diffusers model folder (pipeline or UNet2DModel) audited instead of the
+        denoiser leakbench trains; it is loaded from local files only."""
+        check_locations(cache_dir=cache_dir, results=results, data_root=data_root, model=model)
+        if model is not None:
+            from leakbench.diffusion.external import load_diffusers_model
+
+            load_diffusers_model(model)  # a folder that is not a usable model: one sentence now
         return cls(profile=get_profile(profile), seed=int(seed), device=resolve_device(device),
                    cache=ArtifactCache(cache_dir), store=ResultsStore(results),
-                   data_root=data_root, progress=progress, command=command)
+                   data_root=data_root, progress=progress, command=command, model=model)
 
     @property
     def run(self) -> Run:
@@ -144,6 +151,7 @@ class Harness:
             self._contexts[dataset] = RunContext(
                 profile=self.profile, dataset=dataset, seed=self.seed, device=self.device,
                 cache=self.cache, data_root=self.data_root, progress=self.progress,
+                model=self.model,
             )
         return self._contexts[dataset]
 
@@ -156,6 +164,8 @@ class Harness:
         if key not in self._targets:
             ctx = self.context(dataset)
             defense: Defense = resolve_plugin(DEFENSES, defense_spec)
+            if self.model is not None and defense.trains_denoiser:
+                raise ctx.retraining_refused(f"Defense {defense.name!r}")
             t0 = time.perf_counter()
             artifacts = defense.train(ctx)
             target = defense.wrap(artifacts, ctx)

@@ -272,11 +272,40 @@ def _write_medmnist(folder: Path, arrays: dict[str, np.ndarray]):
     return MedMNIST("pathmnist", data_root=folder)
 
 
+def _write_folder(folder: Path, arrays: dict[str, np.ndarray]):
+    """One PNG per image where PNG can hold the array; the raw bytes under a .png name otherwise.
+
+    PNG stores only uint8 grey or RGB, so float images in [0, 1] are quantised and
+    anything outside (NaN, out of range, other dtypes or shapes) becomes a damaged file:
+    what a user's folder can actually contain.
+    """
+    from PIL import Image
+
+    from leakbench.data.sources import Folder
+
+    root = folder / "images"
+    root.mkdir()
+    images = arrays.get("images", arrays.get("pictures"))
+    fits = (images.ndim in (3, 4) and (images.ndim == 3 or images.shape[-1] in (1, 3))
+            and images.shape[1] > 0 and images.shape[2] > 0
+            and (images.dtype == np.uint8 or (images.dtype.kind == "f" and np.isfinite(images).all()
+                                              and images.min(initial=0) >= 0
+                                              and images.max(initial=0) <= 1)))
+    if not fits:
+        (root / "0.png").write_bytes(images.tobytes()[:600])
+        return Folder(str(root))
+    for i, img in enumerate(images):
+        u8 = img if img.dtype == np.uint8 else np.round(img.astype(np.float64) * 255).astype(np.uint8)
+        Image.fromarray(u8[..., 0] if u8.ndim == 3 and u8.shape[-1] == 1 else u8).save(
+            root / f"{i:03d}.png")
+    return Folder(str(root))
+
+
 # One entry per loader: write the generated arrays in its layout, return the source to load.
-# Issue #16's folder loader adds "folder": write the images as PNG files, return Folder(...).
 LOADERS: dict[str, Callable[[Path, dict[str, np.ndarray]], typing.Any]] = {
     "npz": _write_npz,
     "medmnist": _write_medmnist,
+    "folder": _write_folder,
 }
 
 DTYPES = [np.uint8, np.int16, np.int64, np.float16, np.float32, np.float64, np.bool_,
@@ -361,7 +390,7 @@ def test_loaders_refuse_damaged_files_in_one_sentence(loader, data, cut):
     """Random bytes, or a real archive cut short, where the dataset file should be."""
     with tempfile.TemporaryDirectory() as tmp:
         source = LOADERS[loader](Path(tmp), {"images": np.zeros((2, 4, 4), np.uint8)})
-        path = next(Path(tmp).glob("*.npz"))
+        path = min(p for p in Path(tmp).rglob("*") if p.is_file())  # the (first) data file
         blob = path.read_bytes()
         path.write_bytes(data if data else blob[: min(cut, len(blob) - 1)])
         with pytest.raises(DataError):
@@ -375,7 +404,7 @@ def test_loader_table_covers_every_file_loader():
 
 
 
-@pytest.mark.parametrize("loader", list(LOADERS))
+@pytest.mark.parametrize("loader", [n for n in LOADERS if n != "folder"])  # the .npz loaders
 @pytest.mark.parametrize("case", ["object array", "bare .npy"])
 def test_loaders_refuse_pickles_and_bare_arrays(tmp_path, loader, case):
     source = LOADERS[loader](tmp_path, {"images": np.zeros((2, 4, 4), np.uint8)})

@@ -21,6 +21,10 @@ class RawData:
     images: np.ndarray
     labels: np.ndarray | None
     info: dict[str, Any]
+    # Sources that know their split (a folder with members/ and holdout/): split name ->
+    # indices into ``images``, and each image's name (its path relative to the folder).
+    assigned: dict[str, np.ndarray] | None = None
+    names: list[str] | None = None
 
 
 class DatasetSource(ABC):

@@ -1,7 +1,8 @@
-"""Built-in dataset sources: scikit-learn digits, official MedMNIST files, any .npz."""
+"""Built-in dataset sources: scikit-learn digits, official MedMNIST files, any .npz, image folders."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -225,6 +226,152 @@ class MedMNIST(DatasetSource):
         path, meta = self._file(image_size)
         return {"dataset": f"medmnist:{self.argument}", "sha256": file_sha256(path),
                 "native_size": meta["native_size"], "image_size": image_size}
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last chunk of every PNG, with its fixed CRC
+FOLDER_SPLITS = ("members", "holdout", "public")
+
+
+def _read_image_file(path: Path, shown: str) -> np.ndarray:
+    """One PNG or JPEG as float32 (H, W, C) in [0, 1]: grey stays 1 channel, the rest RGB."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:  # verify() checks every chunk's CRC up to IEND
+            img.verify()
+        if img.format == "PNG" and _PNG_END not in path.read_bytes()[-4096:]:
+            raise EOFError("the file ends before its IEND chunk: it was cut short")
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("1", "L", "LA"):
+                arr = np.asarray(img.convert("L"), dtype=np.float32)[..., None] / 255.0
+            elif mode.startswith("I"):  # 16-bit (or 32-bit integer) grey, as scans are stored
+                arr = np.asarray(img, dtype=np.float64)[..., None]
+                arr = (arr / (65535.0 if arr.max() > 255 or mode.startswith("I;16") else 255.0))
+                arr = arr.clip(0, 1).astype(np.float32)
+            else:
+                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    # A damaged file can make a decoder raise almost anything; each is the same one sentence.
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"Image file {shown} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
+                        "replace or remove it.") from None
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"Image file {shown} has no pixels; replace or remove it.")
+    if arr.shape[0] != arr.shape[1]:
+        raise DataError(f"Image file {shown} is {arr.shape[1]}×{arr.shape[0]} pixels; every image "
+                        "must be square (crop or pad it).")
+    return arr
+
+
+class Folder(DatasetSource):
+    """A folder of PNG/JPEG images, grey or RGB, resized to the profile's size.
+
+    Either one folder of images (searched recursively, split by seed like every dataset),
+    or explicit subfolders ``members/``, ``holdout/`` and optionally ``public/`` for a model
+    whose training set is known: then the split is exactly those files.  Images are
+    named by their path relative to the folder (the manifest lists them).  Files with other
+    suffixes and hidden files are ignored.
+    """
+
+    name = "folder"
+    needs_argument = True
+    description = ("a folder of PNG/JPEG images (grey or RGB), split by seed, or with explicit "
+                   "members/, holdout/ and optional public/ subfolders")
+
+    @classmethod
+    def usage(cls) -> str:
+        return "folder:<path to a folder of PNG/JPEG images>"
+
+    @property
+    def path(self) -> Path:
+        p = Path(self.argument).expanduser()
+        if not p.is_absolute() and self.data_root is not None and not p.exists():
+            p = self.data_root / p
+        return p
+
+    def _checked_path(self) -> Path:
+        from leakbench.paths import readable_dir
+
+        path = self.path
+        if path.is_file():
+            raise DataError(f"Dataset folder {path} is a file; give folder: the path of a folder "
+                            "of images (for an .npz file write npz:).")
+        try:
+            return readable_dir(path, what="the dataset folder")
+        except StorageError as exc:
+            raise DataError(str(exc)) from None
+
+    def explicit(self) -> bool:
+        """Whether the folder holds ``members/`` (and so ``holdout/``): the split is given."""
+        return (self._checked_path() / "members").is_dir()
+
+    def files(self) -> dict[str, list[Path]]:
+        """Split name (or ``"all"``) -> the image files, sorted by relative path."""
+        root = self._checked_path()
+
+        def images_under(folder: Path) -> list[Path]:
+            found = []
+            for p in folder.rglob("*"):
+                rel = p.relative_to(root).parts
+                if p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in rel):
+                    found.append(p)
+            return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+        if not (root / "members").is_dir():
+            if (root / "holdout").is_dir():
+                raise DataError(f"Dataset folder {root} has holdout/ but no members/; add the "
+                                "training images as members/, or put all images in one folder.")
+            found = {"all": images_under(root)}
+        else:
+            if not (root / "holdout").is_dir():
+                raise DataError(f"Dataset folder {root} has members/ but no holdout/; add images "
+                                "the model never saw as holdout/ (they set every threshold).")
+            found = {s: images_under(root / s) for s in FOLDER_SPLITS if (root / s).is_dir()}
+        for split, paths in found.items():
+            if not paths:
+                where = root if split == "all" else root / split
+                raise DataError(f"Dataset folder {where} holds no PNG or JPEG images "
+                                f"({', '.join(IMAGE_SUFFIXES)}); add some.")
+        return found
+
+    def load(self, image_size: int) -> RawData:
+        root = self._checked_path()
+        found = self.files()
+        paths = [p for split in found.values() for p in split]
+        names = [p.relative_to(root).as_posix() for p in paths]
+        images, first = [], None
+        for path, name in zip(paths, names):
+            arr = _read_image_file(path, f"{root}/{name}")
+            if first is None:
+                first = (name, arr.shape)
+            elif arr.shape != first[1]:
+                kind = lambda s: f"{s[0]}×{s[1]} {'grey' if s[2] == 1 else 'RGB'}"  # noqa: E731
+                raise DataError(f"Image file {root}/{name} is {kind(arr.shape)} but {first[0]} is "
+                                f"{kind(first[1])}; give all images one size and one colour mode.")
+            images.append(arr)
+        stacked = validate_images(np.stack(images), f"folder:{root}")
+        assigned = None
+        if "all" not in found:
+            assigned, start = {}, 0
+            for split in FOLDER_SPLITS:
+                count = len(found.get(split, []))
+                assigned[split] = np.arange(start, start + count)
+                start += count
+        return RawData(resize(stacked, image_size), None,
+                       {"source": str(root), "native_size": int(stacked.shape[1]),
+                        "explicit_split": assigned is not None},
+                       assigned=assigned, names=names)
+
+    def fingerprint(self, image_size: int) -> dict[str, Any]:
+        root = self._checked_path()
+        h = hashlib.sha256()
+        for split, paths in self.files().items():
+            for p in paths:
+                h.update(f"{split}\0{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n".encode())
+        return {"dataset": "folder", "sha256": h.hexdigest(), "image_size": image_size}
 
 
 def parse_dataset_spec(spec: str):

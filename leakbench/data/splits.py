@@ -133,8 +133,6 @@ def make_splits(
     With ``options.canary`` (the default) one random member x_p is replaced by x_SAF,
     its copy with a synthetic anatomical fingerprint; the clean x_p is not trained on.
     """
-    import torch
-
     options = options or SplitOptions()
     if options.members is not None:
         n_members = options.members
@@ -142,6 +140,8 @@ def make_splits(
         n_public = options.public
     raw = source.load(image_size)
     n = len(raw.images)
+    if raw.assigned is not None:
+        return _given_splits(source, raw, image_size=image_size, seed=seed, options=options)
     if n_members < 1:
         raise DataError(f"The profile asks for {n_members} members; it needs at least 1.")
     if n - n_public < 2 * n_members:
@@ -169,6 +169,57 @@ def make_splits(
         "public": public_idx.tolist(),
         "canary": None,
     }
+    if raw.names is not None:
+        manifest["files"] = {k: [raw.names[i] for i in manifest[k]]
+                             for k in ("members", "holdout", "public")}
+    return _finish_splits(source, raw, manifest, image_size=image_size, seed=seed,
+                          options=options)
+
+
+def _given_splits(source: DatasetSource, raw, *, image_size: int, seed: int,
+                  options: SplitOptions) -> Splits:
+    """The split a source prescribes (a folder's ``members/``, ``holdout/``, ``public/``).
+
+    The member and public counts are those of the files: the profile's ``n_members`` and
+    ``n_public`` and the dataset params ``members=`` / ``public=`` do not apply.
+    """
+    if options.members is not None or options.public is not None:
+        raise DataError(f"Dataset {source.spec} prescribes its split in subfolders, so the params "
+                        "members= and public= do not apply; move files between the subfolders "
+                        "instead.")
+    idx = {k: np.asarray(raw.assigned.get(k, np.zeros(0, np.int64)), np.int64)
+           for k in ("members", "holdout", "public")}
+    if len(idx["members"]) < 2:
+        raise DataError(f"Dataset {source.spec} has {len(idx['members'])} image(s) in members/; "
+                        "an audit needs at least 2 members.")
+    if len(idx["holdout"]) < 2:
+        raise DataError(f"Dataset {source.spec} has {len(idx['holdout'])} image(s) in holdout/; "
+                        "an audit needs at least 2 images the model never saw.")
+    manifest = {
+        "version": SPLIT_VERSION,
+        "dataset": source.fingerprint(image_size),
+        "seed": int(seed),
+        "image_size": int(image_size),
+        "n_source": int(len(raw.images)),
+        "members": idx["members"].tolist(),
+        "holdout": idx["holdout"].tolist(),
+        "public": idx["public"].tolist(),
+        "canary": None,
+        "files": {k: [raw.names[i] for i in v] for k, v in idx.items()},
+    }
+    return _finish_splits(source, raw, manifest, image_size=image_size, seed=seed,
+                          options=options)
+
+
+def _finish_splits(source: DatasetSource, raw, manifest: dict[str, Any], *, image_size: int,
+                   seed: int, options: SplitOptions) -> Splits:
+    """Insert the canary (if asked), hash the manifest and cut the image tensors."""
+    import torch
+
+    member_idx = np.asarray(manifest["members"], np.int64)
+    holdout_idx = np.asarray(manifest["holdout"], np.int64)
+    public_idx = np.asarray(manifest["public"], np.int64)
+    n_members, n_public = len(member_idx), len(public_idx)
     # What the public images depend on, and nothing else: never the members.
     public_manifest = {key: manifest[key] for key in
                        ("version", "dataset", "seed", "image_size", "n_source", "public")}
