@@ -37,6 +37,7 @@ class Cell:
     p_metric: str | None = None
     n: int | None = None
     direction: str | None = None
+    alarm: str | None = None  # the finding's ``info["alarm"]``: the report shows the cell red
 
 
 @dataclass
@@ -74,6 +75,24 @@ def headline_names(findings: list[dict[str, Any]]) -> dict[tuple[str, str, str, 
             for f in findings if f.get("headline")}
 
 
+def alarms(findings: list[dict[str, Any]]) -> dict[tuple[str, str, str, str, str], str]:
+    """(run_id, dataset, defense, attack, profile) -> the finding's ``info["alarm"]`` sentence.
+
+    An attack raises an alarm when it refutes what the defense claims (``one_run``: an
+    audited ε lower bound above the accountant's ε); the report must not average it away.
+    """
+    import json
+
+    out = {}
+    for f in findings:
+        info = f.get("info")
+        info = json.loads(info) if isinstance(info, str) and info else (info or {})
+        if isinstance(info, dict) and info.get("alarm"):
+            out[(f["run_id"], f["dataset"], f["defense"], f["attack"], f["profile"])] = \
+                str(info["alarm"])
+    return out
+
+
 def _pick_headline(group: pd.DataFrame, headline: str | None) -> pd.Series:
     if headline is not None and (group["metric"] == headline).any():
         return group[group["metric"] == headline].iloc[0]
@@ -84,6 +103,7 @@ def _pick_headline(group: pd.DataFrame, headline: str | None) -> pd.Series:
 def leaderboard_rows(df: pd.DataFrame, findings: list[dict[str, Any]]) -> list[Row]:
     """Leaderboard rows from ``leakbench.leaderboard.leaderboard_frame`` output."""
     heads = headline_names(findings)
+    alarm = alarms(findings)
     rows: dict[tuple[str, str, str], Row] = {}
     for (dataset, defense, profile, attack), group in df.groupby(ROW + ["attack"], sort=True):
         row = rows.setdefault((dataset, defense, profile), Row(dataset, defense, profile))
@@ -98,7 +118,8 @@ def leaderboard_rows(df: pd.DataFrame, findings: list[dict[str, Any]]) -> list[R
         cell = Cell(attack, h["metric"], float(h["value"]), _num(h["ci_low"]), _num(h["ci_high"]),
                     _num(h["p_value"]), h["metric"] if _num(h["p_value"]) is not None else None,
                     None if _num(h["n"]) is None else int(h["n"]),
-                    h["direction"] if isinstance(h["direction"], str) else None)
+                    h["direction"] if isinstance(h["direction"], str) else None,
+                    alarm.get((run_id, dataset, defense, attack, profile)))
         if cell.p_value is None:  # a comparison p-value of the same attack (e.g. chi2_p)
             with_p = group[group["p_value"].notna()]
             if len(with_p):
