@@ -236,10 +236,10 @@ def test_one_run_cell_on_dpsgd_reports_the_claim_beside_the_bound(smoke_harness)
 
 def test_report_shows_an_alarm_red(tmp_path):
     from leakbench.api import Finding, Metric
+    from leakbench.leaderboard import leaderboard_frame
     from leakbench.results import ResultsStore
     from reports.site import build_site
     from reports.tables import leaderboard_rows
-    from leakbench.leaderboard import leaderboard_frame
 
     store = ResultsStore(tmp_path / "results")
     run = store.start_run(profile="smoke", seed=0)
