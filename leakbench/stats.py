@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from scipy import stats as _st
+from scipy.special import expit as _expit
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -199,3 +200,60 @@ def eps_threshold(
     eps = np.array([epsilon_from_rates(f, g, delta) for f, g in zip(fpr_high, fnr_high)])
     i = int(np.argmax(eps))
     return float(thresholds[i]), float(eps[i])
+
+
+# --- Privacy auditing with one training run (Steinke, Nasr and Jagielski, NeurIPS 2023) ---------
+# No library we use ships it (Opacus accounts, it does not audit; jax_privacy's auditing module
+# needs JAX and dp_accounting), so the bound is written out here from the paper.
+
+
+def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+    """P[W ≥ v] allowed by (ε, δ)-DP for an auditor of m canaries who guesses r and gets v right.
+
+    Steinke, Nasr and Jagielski 2023, Theorem 3.1 (computed as in their Algorithm 2): with
+    each canary included independently with probability 1/2, the number of correct guesses
+    W is dominated by B ~ Binomial(r, q), q = e^ε / (1 + e^ε), up to a δ term:
+
+        P[W ≥ v] ≤ β + 2 m δ α,   β = P[B ≥ v],   α = max_{1 ≤ i ≤ v} P[v > B ≥ v − i] / i.
+    """
+    if not 0 <= v <= r <= m:
+        raise ValueError(f"need 0 <= v <= r <= m; got m={m}, r={r}, v={v}")
+    if epsilon < 0 or not 0 <= delta <= 1:
+        raise ValueError(f"need epsilon >= 0 and delta in [0, 1]; got {epsilon}, {delta}")
+    q = float(_expit(epsilon))  # accuracy of ε-DP randomised response
+    beta = float(_st.binom.sf(v - 1, r, q))
+    alpha = 0.0
+    if v >= 1 and delta > 0:
+        i = np.arange(1, v + 1)
+        alpha = float(np.max(np.cumsum(_st.binom.pmf(v - i, r, q)) / i))
+    return min(1.0, beta + 2 * m * delta * alpha)
+
+
+def one_run_eps_lower_bound(m: int, r: int, v: int, *, delta: float,
+                            confidence: float = 0.95) -> float:
+    """The largest ε that v correct guesses out of r reject at ``confidence`` (0 if none).
+
+    Steinke, Nasr and Jagielski 2023, Algorithm 2: bisection on ε for
+    ``one_run_p_value(m, r, v, ε, δ) = 1 − confidence``; the p-value grows with ε, so every
+    smaller ε is rejected too.  Without abstaining on weak guesses the bound stays near 0;
+    with all of r guesses right and δ = 0 it is logit((1 − confidence)^(1/r)).
+    """
+    alpha = 1 - confidence
+    if not 0 < alpha < 1:
+        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+
+    def p(eps: float) -> float:
+        return one_run_p_value(m, r, v, eps, delta)
+
+    if p(0.0) >= alpha:
+        return 0.0
+    hi = 1.0
+    while p(hi) < alpha:  # v correct is unlikely even at ε = hi: look further out
+        hi *= 2
+        if hi > 1e3:
+            return math.inf
+    lo = 0.0
+    for _ in range(60):  # p(lo) < α ≤ p(hi)
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if p(mid) < alpha else (lo, mid)
+    return lo

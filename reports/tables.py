@@ -39,6 +39,7 @@ class Cell:
     n: int | None = None
     direction: str | None = None
     access: str | None = None
+    alarm: str | None = None  # the finding's ``info["alarm"]``: the report shows the cell red
 
 
 @dataclass
@@ -77,6 +78,24 @@ def headline_names(findings: list[dict[str, Any]]) -> dict[tuple[str, str, str, 
     """(run_id, dataset, defense, attack, profile) -> the finding's headline metric name."""
     return {(f["run_id"], f["dataset"], f["defense"], f["attack"], f["profile"]): f["headline"]
             for f in findings if f.get("headline")}
+
+
+def alarms(findings: list[dict[str, Any]]) -> dict[tuple[str, str, str, str, str], str]:
+    """(run_id, dataset, defense, attack, profile) -> the finding's ``info["alarm"]`` sentence.
+
+    An attack raises an alarm when it refutes what the defense claims (``one_run``: an
+    audited ε lower bound above the accountant's ε); the report must not average it away.
+    """
+    import json
+
+    out = {}
+    for f in findings:
+        info = f.get("info")
+        info = json.loads(info) if isinstance(info, str) and info else (info or {})
+        if isinstance(info, dict) and info.get("alarm"):
+            out[(f["run_id"], f["dataset"], f["defense"], f["attack"], f["profile"])] = \
+                str(info["alarm"])
+    return out
 
 
 def _pick_headline(group: pd.DataFrame, headline: str | None) -> pd.Series:
@@ -127,6 +146,7 @@ def leaderboard_rows(df: pd.DataFrame, findings: list[dict[str, Any]]) -> list[R
     infos = {(f["run_id"], f["dataset"], f["defense"], f["attack"], f["profile"]): _info(f)
              for f in findings}
     refs = reference_defenses(findings)
+    alarm = alarms(findings)
     rows: dict[tuple[str, str, str], Row] = {}
     for (dataset, defense, profile, attack), group in df.groupby(ROW + ["attack"], sort=True):
         row = rows.setdefault((dataset, defense, profile), Row(dataset, defense, profile))
@@ -145,6 +165,7 @@ def leaderboard_rows(df: pd.DataFrame, findings: list[dict[str, Any]]) -> list[R
                     _num(h["p_value"]), h["metric"] if _num(h["p_value"]) is not None else None,
                     None if _num(h["n"]) is None else int(h["n"]),
                     h["direction"] if isinstance(h["direction"], str) else None)
+        cell.alarm = alarm.get((run_id, dataset, defense, attack, profile))
         cell.access = attack_access(attack, group["attack_params"].iloc[0]
                                     if "attack_params" in group else None,
                                     infos.get((run_id, dataset, defense, attack, profile)))

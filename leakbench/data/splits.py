@@ -6,6 +6,9 @@ One seeded permutation of the source orders every image.  ``public`` is its last
 The pool is the start of the permutation (at most ``pool_size`` images, never reaching
 into ``public``); members are its first ``n_members`` (what the denoiser is fine-tuned
 on), holdout the rest (same distribution, never trained on), population both.
+With ``audit_canaries=m`` the last m pool images become audit canaries (Steinke, Nasr and
+Jagielski 2023): each joins the members independently with probability 1/2 by a seeded
+draw recorded in the manifest; they are never public and never holdout.
 Because ``public`` is cut from the end of the same permutation, it does not change
 when the member count does, so the pretrained checkpoint is shared across member counts.
 """
@@ -32,8 +35,12 @@ class SplitOptions:
     canary: bool = True  # replace one member by its fingerprinted copy (SAF, paper 003 Sec. 3.3)
     members: int | None = None  # member-set size; None: the profile's n_members
     public: int | None = None  # public (pretraining) images; None: the profile's n_public; 0: none
+    audit_canaries: int = 0  # one-run audit canaries, each a member with probability 1/2; 0: none
 
     def __post_init__(self):
+        if self.audit_canaries < 0:
+            raise ValueError(f"audit_canaries={self.audit_canaries} must be 0 (no audit) or more "
+                             "images")
         if self.members is not None and self.members < 2:
             raise ValueError(f"members={self.members} must be at least 2")
         if self.public is not None and self.public < 0:
@@ -88,6 +95,8 @@ class Splits:
     public_labels: np.ndarray | None = None
     public_hash: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    audit_canaries: Any = None  # (m, C, H, W) one-run audit canaries, or None
+    audit_included: np.ndarray | None = None  # (m,) bool: which canaries are among the members
 
     @property
     def population(self):
@@ -134,6 +143,7 @@ def make_splits(
     its copy with a synthetic anatomical fingerprint; the clean x_p is not trained on.
     """
     options = options or SplitOptions()
+    m_audit = options.audit_canaries
     if options.members is not None:
         n_members = options.members
     if options.public is not None:
@@ -144,19 +154,25 @@ def make_splits(
         return _given_splits(source, raw, image_size=image_size, seed=seed, options=options)
     if n_members < 1:
         raise DataError(f"The profile asks for {n_members} members; it needs at least 1.")
-    if n - n_public < 2 * n_members:
+    if n - n_public - m_audit < 2 * n_members:
+        canaries = f", {m_audit} audit canaries" if m_audit else ""
         raise DataError(
             f"Dataset {source.spec} has {n} images but the profile needs {n_members} members plus "
             f"at least as many holdout images ({2 * n_members} in all) besides {n_public} public "
-            "images; use a smaller profile, fewer public images (dataset param public=N) or a "
-            "larger dataset."
+            f"images{canaries}; use a smaller profile, fewer public images (dataset param "
+            f"public=N){', fewer audit canaries' if m_audit else ''} or a larger dataset."
         )
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     public_idx = np.sort(order[n - n_public:]) if n_public else np.zeros(0, np.int64)
-    pool = order[: max(min(pool_size, n - n_public), 2 * n_members)]
+    pool = order[: max(min(pool_size, n - n_public), 2 * n_members + m_audit)]
     member_idx = np.sort(pool[:n_members])
-    holdout_idx = np.sort(pool[n_members:])
+    holdout_idx = np.sort(pool[n_members:len(pool) - m_audit])
+    # Audit canaries: the end of the pool, so public, members and holdout stay as without them
+    # (bar the holdout's last m); each is a member by a fair coin of its own seeded stream.
+    audit_idx = np.sort(pool[len(pool) - m_audit:]) if m_audit else np.zeros(0, np.int64)
+    included = np.random.default_rng([seed, 0xA0D17]).integers(0, 2, size=m_audit).astype(bool)
+    member_idx = np.r_[member_idx, audit_idx[included]].astype(np.int64)
     fingerprint = source.fingerprint(image_size)
     manifest = {
         "version": SPLIT_VERSION,
@@ -169,6 +185,9 @@ def make_splits(
         "public": public_idx.tolist(),
         "canary": None,
     }
+    if m_audit:  # only then: without canaries every manifest (and hash) stays as it was
+        manifest["audit_canaries"] = {"indices": audit_idx.tolist(),
+                                      "included": included.astype(int).tolist()}
     if raw.names is not None:
         manifest["files"] = {k: [raw.names[i] for i in manifest[k]]
                              for k in ("members", "holdout", "public")}
@@ -187,6 +206,9 @@ def _given_splits(source: DatasetSource, raw, *, image_size: int, seed: int,
         raise DataError(f"Dataset {source.spec} prescribes its split in subfolders, so the params "
                         "members= and public= do not apply; move files between the subfolders "
                         "instead.")
+    if options.audit_canaries:
+        raise DataError(f"Dataset {source.spec} prescribes its split in subfolders, so the param "
+                        "audit_canaries= does not apply; audit a folder split by seed instead.")
     idx = {k: np.asarray(raw.assigned.get(k, np.zeros(0, np.int64)), np.int64)
            for k in ("members", "holdout", "public")}
     if len(idx["members"]) < 2:
@@ -219,7 +241,12 @@ def _finish_splits(source: DatasetSource, raw, manifest: dict[str, Any], *, imag
     member_idx = np.asarray(manifest["members"], np.int64)
     holdout_idx = np.asarray(manifest["holdout"], np.int64)
     public_idx = np.asarray(manifest["public"], np.int64)
-    n_members, n_public = len(member_idx), len(public_idx)
+    n_public = len(public_idx)
+    audit = manifest.get("audit_canaries")
+    audit_idx = np.asarray(audit["indices"] if audit else [], np.int64)
+    included = np.asarray(audit["included"] if audit else [], bool)
+    m_audit = len(audit_idx)
+    n_members = len(member_idx) - int(included.sum())  # the canary is an ordinary member
     # What the public images depend on, and nothing else: never the members.
     public_manifest = {key: manifest[key] for key in
                        ("version", "dataset", "seed", "image_size", "n_source", "public")}
@@ -251,4 +278,6 @@ def _finish_splits(source: DatasetSource, raw, manifest: dict[str, Any], *, imag
         public_labels=None if labels is None or not n_public else labels[public_idx],
         public_hash=manifest_hash(public_manifest) if n_public else None,
         extras=extras,
+        audit_canaries=to_tensor(audit_idx) if m_audit else None,
+        audit_included=included if m_audit else None,
     )
