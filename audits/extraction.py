@@ -168,7 +168,7 @@ class Extraction(Attack):
              "Security), Sec. 4")
 
     def run(self, target: AuditTarget, ctx) -> Finding:
-        from leakbench.errors import UsageError
+        from leakbench.errors import NotApplicable
         from leakbench.features.calibration import replication_calibration
         from leakbench.features.extractors import get_extractor
 
@@ -177,7 +177,7 @@ class Extraction(Attack):
         plan = budgets(n, p.max_factor)
         null_target = ctx.public_target()
         if null_target is None:
-            raise UsageError("extraction calibrates its link distance on the public-only model's "
+            raise NotApplicable("extraction calibrates its link distance on the public-only model's "
                              "samples and this dataset has no public split; give it one "
                              "(e.g. digits[public=500]).")
 

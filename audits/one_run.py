@@ -98,12 +98,12 @@ class OneRun(Attack):
     paper = "Steinke, Nasr and Jagielski 2023, Privacy Auditing with One (1) Training Run"
 
     def run(self, target: AuditTarget, ctx) -> Finding:
-        from leakbench.errors import UsageError
+        from leakbench.errors import NotApplicable, UsageError
 
         p = self.params
         splits = target.splits
         if splits.audit_canaries is None:
-            raise UsageError("one_run needs audit canaries in the split; add audit_canaries=M to "
+            raise NotApplicable("one_run needs audit canaries in the split; add audit_canaries=M to "
                              "the dataset spec, e.g. --dataset 'digits[audit_canaries=256]'.")
         canaries, included = splits.audit_canaries, np.asarray(splits.audit_included, bool)
         m = len(canaries)

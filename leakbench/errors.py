@@ -11,6 +11,11 @@ class UsageError(LeakbenchError):
     """A bad name, spec, option or parameter on the command line."""
 
 
+class NotApplicable(UsageError):
+    """An attack that cannot run on this target or dataset (e.g. ``one_run`` without audit
+    canaries): the benchmark skips the cell with this sentence instead of failing it."""
+
+
 class DataError(LeakbenchError):
     """A dataset that is missing, malformed or too small for the profile."""
 
