@@ -170,3 +170,13 @@ def test_cells_as_separate_jobs_merge_into_the_same_leaderboard(tmp_path):
     serial = _pytest("benchmarks/", *common, "--results", str(tmp_path / "serial"), env_extra=env)
     assert serial.returncode == 0, serial.stdout + serial.stderr
     assert merged.stdout == _leaderboard_json(tmp_path / "serial")
+
+
+def test_an_attack_that_does_not_apply_skips_its_cell_with_its_sentence(tmp_path):
+    """one_run needs audit canaries: on plain digits its cells are skipped, the run succeeds."""
+    r = _pytest("benchmarks/test_cells.py", "--defense", "ddim", "--attack", "one_run",
+                "--profile", "smoke", "--cache-dir", str(tmp_path / "cache"),
+                "--results", str(tmp_path / "results"), "-rs", "-p", "no:randomly")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "1 skipped" in r.stdout and "audit_canaries=M" in r.stdout
+    assert "failed" not in r.stdout
