@@ -80,7 +80,7 @@ class _LeakbenchSession:
             # profile) stops the run here with its one sentence, not in every cell; the
             # splits stay memoised in the harness for the cells (cheap: no training).
             for dataset in self.datasets:
-                self.harness.context(dataset).splits
+                _ = self.harness.context(dataset).splits
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.stopped_by = None  # the sentence of a storage failure that stopped the session
         self.finish_error = None
