@@ -66,6 +66,7 @@ class _LeakbenchSession:
         self.attacks = expand(opt("--attack"), ATTACKS)
         datasets = [s for v in opt("--dataset") for s in split_specs(v)] or ["digits"]
         self.datasets = list(dict.fromkeys(validate_dataset(d) for d in datasets))
+        self._harness = None
         if _runs_benchmarks(config) and not config.getoption("--collect-only"):
             from leakbench.harness import check_locations
 
@@ -75,8 +76,12 @@ class _LeakbenchSession:
                 from leakbench.diffusion.external import load_diffusers_model
 
                 load_diffusers_model(opt("--model"))  # not a usable model: one sentence, no cell run
+            # A dataset that cannot be read (missing file, bad format, too small for the
+            # profile) stops the run here with its one sentence, not in every cell; the
+            # splits stay memoised in the harness for the cells (cheap: no training).
+            for dataset in self.datasets:
+                _ = self.harness.context(dataset).splits
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self._harness = None
         self.stopped_by = None  # the sentence of a storage failure that stopped the session
         self.finish_error = None
 

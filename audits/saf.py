@@ -201,17 +201,24 @@ class SAF(Attack):
             p_hat.append(float(both_fire(out).mean()))
         return t_grid, np.asarray(p_hat)
 
-    def classifiers(self, ctx, splits, sizes: dict[str, int]) -> Classifiers:
-        """C_SAF and C_ID, trained once per (splits, profile, seed, config) and cached."""
+    def classifier_spec(self, ctx, splits, sizes: dict[str, int]) -> dict[str, Any]:
+        """The cache spec of C_SAF and C_ID: splits, profile, seed, config and the code that
+        trains them (``classifier_code_hash``), so edited training code never reuses them."""
         p = self.params
         config = {"classifier_steps": sizes["classifier_steps"], "batch_size": sizes["batch_size"],
                   "learning_rate": p.learning_rate, "noise_std": p.noise_std,
                   "max_shift": p.max_shift, "max_blur": p.max_blur,
                   "augmix": float(p.augmix),
                   "threshold": p.threshold, "resnet_depth": ctx.profile.saf_resnet_depth,
-                  "code": hashlib.sha256(inspect.getsource(fp).encode()).hexdigest()[:16]}
+                  "code": classifier_code_hash()}
         spec = {"splits": splits.hash, "profile": ctx.profile.to_dict(), "seed": ctx.seed,
                 "config": config, "device": ctx.device.split(":")[0]}
+        return spec
+
+    def classifiers(self, ctx, splits, sizes: dict[str, int]) -> Classifiers:
+        """C_SAF and C_ID, trained once per ``classifier_spec`` and cached."""
+        p = self.params
+        spec = self.classifier_spec(ctx, splits, sizes)
         payload = ctx.cache.get_or_build(
             "saf-classifiers", spec, lambda: train_saf_classifiers(ctx, splits, sizes, p),
             label="saf classifiers")
@@ -222,6 +229,14 @@ class SAF(Attack):
         identity.load_state_dict(payload["identity"])
         return Classifiers(detector.to(ctx.device).eval(), identity.to(ctx.device).eval(),
                            payload["figures"])
+
+
+def classifier_code_hash() -> str:
+    """SHA-256 (16 hex digits) of the code that builds the SAF classifiers: the
+    ``leakbench.fingerprint`` module and ``train_saf_classifiers`` as this module holds it."""
+    h = hashlib.sha256(inspect.getsource(fp).encode())
+    h.update(inspect.getsource(train_saf_classifiers).encode())
+    return h.hexdigest()[:16]
 
 
 def _binom_less(k: int, n: int, p0: float) -> float:

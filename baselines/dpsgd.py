@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from leakbench.api import AuditTarget, Defense, Metric
+from leakbench.diffusion.private import REPORTED_ACCOUNTANTS, SECURE_MODE, refused_accountant
 
 
 @dataclass(frozen=True)
@@ -14,10 +15,13 @@ class DPSGDParams:
     delta: float = 1e-5
     max_grad_norm: float = 1.0  # per-member clipping norm C
     noise_draws: int = 1  # K: (t, ε) draws averaged per member before clipping (DPDM)
+    # "gdp" is named so that it gets its reason, not just "not allowed": it is refused below.
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
     physical_batch_size: int | None = None  # BatchMemoryManager's limit; None: 2 × batch size
 
     def __post_init__(self):
+        if self.accountant not in REPORTED_ACCOUNTANTS:
+            raise ValueError(refused_accountant(self.accountant))
         if not self.epsilon > 0:
             raise ValueError(f"epsilon={self.epsilon} must be positive")
         if not 0 < self.delta < 1:
@@ -96,7 +100,9 @@ class DPSGD(Defense):
     def figures(self, target: AuditTarget) -> list[Metric]:
         s = target.info
         spent = (f"ε spent after {s['accounted_steps']} steps at q = {s['sample_rate']:.4g}, "
-                 f"by the {s['accountant']} accountant (target {s['target_epsilon']:g})")
+                 f"by the {s['accountant']} accountant (target {s['target_epsilon']:g}); "
+                 f"secure_mode={s.get('secure_mode', SECURE_MODE)}: seeded noise, fine for a "
+                 "benchmark, not for a release")
         return super().figures(target) + [
             Metric("epsilon", s["epsilon"], direction="lower", bounds=(0.0, None),
                    description=spent),

@@ -1,53 +1,56 @@
-"""Statistics the suite owes its users: confidence intervals and tests, as small pure functions."""
+"""Statistics the suite owes its users: confidence intervals and tests, as small pure functions.
+
+Thin wrappers over the field's libraries (statsmodels for proportions and z tests, scikit-learn
+for ROC/AUC, scipy for the bootstrap) that fix the suite's conventions: a higher score means
+"more likely a member", empty inputs give the uninformative answer instead of NaN.  Written out
+here only what none of them ships: Jagielski et al.'s ε bound and Steinke et al.'s one-run bound.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats as _st
 from scipy.special import expit as _expit
+from sklearn import metrics as _skm
+from sklearn.exceptions import UndefinedMetricWarning
+from statsmodels.stats.proportion import proportion_confint, proportions_ztest
+from statsmodels.stats.weightstats import ztest as _ztest
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n."""
+    """Wilson score interval for a binomial proportion k/n (statsmodels ``proportion_confint``)."""
     if n <= 0:
         return 0.0, 1.0
-    z = _st.norm.ppf(0.5 + confidence / 2)
-    p = k / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return lo, hi
+    lo, hi = proportion_confint(k, n, alpha=1 - confidence, method="wilson")
+    # Exact ends where the data sit at a boundary (statsmodels may leave rounding error there).
+    return (0.0 if k == 0 else max(0.0, float(lo))), (1.0 if k == n else min(1.0, float(hi)))
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper–Pearson) interval for a binomial proportion k/n."""
+    """Exact (Clopper–Pearson) interval for k/n (statsmodels ``proportion_confint``, "beta")."""
     if n <= 0:
         return 0.0, 1.0
-    a = 1 - confidence
-    lo = 0.0 if k == 0 else float(_st.beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(_st.beta.ppf(1 - a / 2, k + 1, n - k))
-    return lo, hi
+    lo, hi = proportion_confint(k, n, alpha=1 - confidence, method="beta")
+    return float(lo), float(hi)
 
 
 def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
     """One-sided χ² (pooled two-proportion z) test of H0: p1 >= p2 against H1: p1 < p2.
 
     Returns (chi2 statistic, one-sided p-value); χ² = z² of the pooled z test
-    (CPSample Table 1 compares a defense's replication rate with the undefended one).
+    (statsmodels ``proportions_ztest``, alternative "smaller"; CPSample Table 1 compares a
+    defense's replication rate with the undefended one).
     """
     if n1 <= 0 or n2 <= 0:
         return 0.0, 1.0
-    p1, p2 = k1 / n1, k2 / n2
     pooled = (k1 + k2) / (n1 + n2)
-    var = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
-    if var == 0:
-        return 0.0, 1.0 if p1 >= p2 else 0.0
-    z = (p1 - p2) / math.sqrt(var)
-    return z * z, float(_st.norm.cdf(z))
+    if pooled in (0.0, 1.0):  # no variance: the test is degenerate, decide by the rates
+        return 0.0, 1.0 if k1 / n1 >= k2 / n2 else 0.0
+    z, p = proportions_ztest([k1, k2], [n1, n2], alternative="smaller")
+    return float(z) ** 2, float(p)
 
 
 def fraction_above(values: np.ndarray, threshold: float) -> tuple[float, int, int]:
@@ -62,35 +65,33 @@ def fraction_above(values: np.ndarray, threshold: float) -> tuple[float, int, in
 # Convention: a higher score means "more likely a member".
 
 
+def _labelled(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.asarray(member_scores, dtype=np.float64).ravel()
+    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    return np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg]
+
+
 def roc_curve(member_scores: np.ndarray, nonmember_scores: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) of the rule "member iff score >= threshold", one point per
-    distinct score, starting at (0, 0) with threshold +inf (scikit-learn's convention)."""
-    pos = np.asarray(member_scores, dtype=np.float64).ravel()
-    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
-    scores = np.concatenate([pos, neg])
-    labels = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
-
-    # Sort by decreasing score; a threshold sits at the last of each run of tied scores.
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    tps = np.cumsum(labels)[last]
-    fps = (last + 1) - tps
-    tpr = np.r_[0.0, tps / max(pos.size, 1)]
-    fpr = np.r_[0.0, fps / max(neg.size, 1)]
-    return fpr, tpr, np.r_[np.inf, scores[last]]
+    distinct score, starting at (0, 0) with threshold +inf (scikit-learn ``roc_curve`` with
+    ``drop_intermediate=False``); a rate with an empty group is 0, not NaN."""
+    labels, scores = _labelled(member_scores, nonmember_scores)
+    if scores.size == 0:
+        return np.zeros(1), np.zeros(1), np.array([np.inf])
+    with warnings.catch_warnings():  # one group empty: sklearn warns and returns NaN rates
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, thresholds = _skm.roc_curve(labels, scores, drop_intermediate=False)
+    return np.nan_to_num(fpr), np.nan_to_num(tpr), thresholds
 
 
 def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
-    """Area under the ROC curve: P(member score > non-member score) + ½ P(tie) (Mann–Whitney U)."""
-    pos = np.asarray(member_scores, dtype=np.float64).ravel()
-    neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
-    if pos.size == 0 or neg.size == 0:
+    """Area under the ROC curve, P(member score > non-member score) + ½ P(tie)
+    (scikit-learn ``roc_auc_score``); 0.5 when a group is empty."""
+    labels, scores = _labelled(member_scores, nonmember_scores)
+    if labels.all() or not labels.any():
         return 0.5
-    ranks = _st.rankdata(np.concatenate([pos, neg]))
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
-    return float(u / (pos.size * neg.size))
+    return float(_skm.roc_auc_score(labels, scores))
 
 
 def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float) -> float:
@@ -108,44 +109,50 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic(members, non-members)``, resampling each group."""
+    """Percentile bootstrap CI of ``statistic(members, non-members)``, resampling each group
+    independently (scipy ``bootstrap``, ``method="percentile"``, unpaired).
+
+    A group of one score resamples to itself, so only the other group is resampled; with one
+    score in each (or none) the CI is the point value.
+    """
     pos = np.asarray(member_scores, dtype=np.float64).ravel()
     neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
-    if pos.size == 0 or neg.size == 0 or n_bootstrap < 1:
+    if min(pos.size, neg.size) == 0 or max(pos.size, neg.size) < 2 or n_bootstrap < 1:
         v = float(statistic(pos, neg))
         return v, v
-    rng = np.random.default_rng([int(seed), 0xB007])
-    values = np.array([
-        statistic(pos[rng.integers(pos.size, size=pos.size)],
-                  neg[rng.integers(neg.size, size=neg.size)])
-        for _ in range(n_bootstrap)
-    ])
-    a = (1 - confidence) / 2
-    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+    if pos.size == 1:
+        data, stat = (neg,), (lambda b: statistic(pos, b))
+    elif neg.size == 1:
+        data, stat = (pos,), (lambda a: statistic(a, neg))
+    else:
+        data, stat = (pos, neg), statistic
+    res = _st.bootstrap(data, stat, n_resamples=n_bootstrap, confidence_level=confidence,
+                        method="percentile", vectorized=False, paired=False,
+                        random_state=np.random.default_rng([int(seed), 0xB007]))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def two_sample_z(test_values: np.ndarray, train_values: np.ndarray) -> tuple[float, float]:
-    """One-sided two-sample Z test (CPSample paper 001, Sec. 4.3).
+    """One-sided two-sample Z test (CPSample paper 001, Sec. 4.3; statsmodels ``ztest``).
 
     z = (μ_test − μ_train) / √(V_test/m + V_train/n), V the unbiased sample variances;
     the p-value is P(Z >= z) under H0: μ_train >= μ_test (training loss not lower).
     """
     test = np.asarray(test_values, dtype=np.float64).ravel()
     train = np.asarray(train_values, dtype=np.float64).ravel()
-    m, n = test.size, train.size
-    if m < 2 or n < 2:
+    if test.size < 2 or train.size < 2:
         return 0.0, 1.0
-    se = math.sqrt(test.var(ddof=1) / m + train.var(ddof=1) / n)
-    diff = test.mean() - train.mean()
-    if se == 0:
-        return 0.0, 1.0 if diff <= 0 else 0.0
-    z = diff / se
-    return float(z), float(_st.norm.sf(z))
+    if test.var(ddof=1) == 0 and train.var(ddof=1) == 0:  # no spread: decide by the means
+        return 0.0, 1.0 if test.mean() <= train.mean() else 0.0
+    z, p = _ztest(test, train, alternative="larger", usevar="unequal")
+    return float(z), float(p)
 
 
 def epsilon_from_rates(fpr_high: float, fnr_high: float, delta: float = 1e-5) -> float:
     """Empirical ε that (ε, δ)-DP forbids an attack with these error rates to beat
-    (Jagielski et al. 2020, Sec. 3): max(log((1−δ−FPR)/FNR), log((1−δ−FNR)/FPR)), floored at 0."""
+    (Jagielski et al. 2020, Sec. 3): max(log((1−δ−FPR)/FNR), log((1−δ−FNR)/FPR)), floored at 0.
+
+    Written out here: none of statsmodels, scipy, scikit-learn or Opacus ships this bound."""
     eps = 0.0
     for a, b in ((fpr_high, fnr_high), (fnr_high, fpr_high)):
         if b > 0 and 1 - delta - a > 0:
@@ -192,11 +199,10 @@ def eps_threshold(
     fpr, tpr, thresholds = roc_curve(pos, neg)
 
     # Clopper–Pearson upper bounds of FPR and FNR at every ROC threshold at once.
-    a = 1 - confidence
     fp = np.round(fpr * neg.size)
     fn = np.round((1 - tpr) * pos.size)
-    fpr_high = np.where(fp < neg.size, _st.beta.ppf(1 - a / 2, fp + 1, neg.size - fp), 1.0)
-    fnr_high = np.where(fn < pos.size, _st.beta.ppf(1 - a / 2, fn + 1, pos.size - fn), 1.0)
+    fpr_high = proportion_confint(fp, neg.size, alpha=1 - confidence, method="beta")[1]
+    fnr_high = proportion_confint(fn, pos.size, alpha=1 - confidence, method="beta")[1]
     eps = np.array([epsilon_from_rates(f, g, delta) for f, g in zip(fpr_high, fnr_high)])
     i = int(np.argmax(eps))
     return float(thresholds[i]), float(eps[i])

@@ -149,6 +149,8 @@ def test_dpsgd_defense_at_smoke_size(smoke_harness):
     assert figures["noise_multiplier"].value > 0
     assert "rdp" in figures["epsilon"].description
     assert built.target.info["accountant"] == "rdp"
+    assert built.target.info["secure_mode"] is False
+    assert "secure_mode=False" in figures["epsilon"].description
     images = built.target.sample(4, seed=0)
     assert images.shape == (4, *ctx.splits.image_shape) and bool(images.isfinite().all())
 
@@ -163,3 +165,20 @@ def test_params_are_validated():
         resolve_plugin(DEFENSES, "dpsgd[epsilon=0]")
     with pytest.raises(UsageError, match="rdp"):
         resolve_plugin(DEFENSES, "dpsgd[accountant=moments]")
+
+
+def test_gdp_accountant_is_refused_with_its_reason(schedule):
+    from leakbench.errors import UsageError
+    from leakbench.harness import resolve_plugin
+    from leakbench.registry import DEFENSES
+
+    with pytest.raises(UsageError, match=r"gdp can underestimate ε.*choose one of rdp, prv\."):
+        resolve_plugin(DEFENSES, "dpsgd[accountant=gdp]")
+    assert resolve_plugin(DEFENSES, "dpsgd[accountant=prv]").params.accountant == "prv"
+    # The training function refuses it too, before any work.
+    model = UNet(1, (8, 16))
+    with pytest.raises(UsageError, match="accountant=gdp can underestimate"):
+        train_private_denoiser(model, torch.zeros(8, 1, 8, 8), schedule=schedule, steps=1,
+                               batch_size=4, learning_rate=1e-3, ema_decay=0.9, seed=0,
+                               target_epsilon=5.0, target_delta=1e-5, max_grad_norm=1.0,
+                               accountant="gdp")

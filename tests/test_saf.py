@@ -164,3 +164,31 @@ def test_canary_at_64_px_reads_the_official_64_file(tmp_path, flag, channels):
     assert torch.all(x_saf[:, mask] == 0.0)  # grey 0.5 in [0, 1] is 0 in [-1, 1]
     diffs = (splits.members - splits.extras["canary_clean"].unsqueeze(0)).abs().flatten(1).amax(1)
     assert float(diffs.min()) > 0
+
+
+def test_classifier_cache_key_covers_the_code_that_trains_them(smoke_ctx, monkeypatch):
+    import audits.saf as saf
+    from leakbench.cache import content_key
+    from leakbench.harness import resolve_plugin
+    from leakbench.registry import ATTACKS
+
+    attack = resolve_plugin(ATTACKS, "saf")
+    sizes = saf.resolved_sizes(attack.params, smoke_ctx.profile)
+
+    def key():
+        return content_key("saf-classifiers",
+                           attack.classifier_spec(smoke_ctx, smoke_ctx.splits, sizes))
+
+    before = key()
+    assert key() == before  # stable while nothing changes
+
+    def edited_training(ctx, splits, sizes, p):  # same name's role, another body
+        return {}
+
+    monkeypatch.setattr(saf, "train_saf_classifiers", edited_training)
+    after_training_edit = key()
+    assert after_training_edit != before
+    monkeypatch.undo()
+    assert key() == before
+    monkeypatch.setattr(saf, "fp", torch.nn.functional)  # an edited fingerprint module
+    assert key() not in (before, after_training_edit)

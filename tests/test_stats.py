@@ -106,3 +106,19 @@ def test_eps_bound_grows_for_a_perfect_attack():
 def test_epsilon_from_rates_closed_form():
     assert stats.epsilon_from_rates(0.5, 0.5) == 0.0
     assert stats.epsilon_from_rates(0.01, 0.5, delta=0.0) == pytest.approx(math.log(0.5 / 0.01))
+
+
+def test_bootstrap_ci_with_one_score_in_a_group_resamples_only_the_other():
+    pos = np.array([0.7])
+    neg = np.random.default_rng(0).normal(0.0, 1.0, 200)
+    lo, hi = stats.bootstrap_ci(stats.roc_auc, pos, neg, n_bootstrap=200)
+    assert lo < stats.roc_auc(pos, neg) < hi  # not the point value: neg was resampled
+    assert stats.bootstrap_ci(stats.roc_auc, pos, neg[:1], n_bootstrap=50) == (1.0, 1.0)
+
+
+def test_proportion_helpers_keep_their_conventions():
+    assert stats.wilson_interval(0, 20) == (0.0, pytest.approx(0.1611, abs=1e-4))
+    assert stats.wilson_interval(20, 20)[1] == 1.0
+    chi2, p = stats.two_proportion_test(5, 100, 20, 100)  # p1 < p2: small one-sided p
+    assert p < 0.01 and chi2 > 0
+    assert stats.two_proportion_test(20, 100, 5, 100)[1] > 0.99

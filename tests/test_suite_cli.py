@@ -102,13 +102,16 @@ def test_bad_names_are_usage_errors(tmp_path, args, message):
     assert "Traceback" not in r.stderr + r.stdout
 
 
-def test_missing_dataset_file_fails_the_cell_in_one_sentence(tmp_path):
+def test_missing_dataset_file_stops_the_run_once_before_any_cell(tmp_path):
     r = _pytest("benchmarks/", "--dataset", f"npz:{tmp_path}/none.npz", "--profile", "smoke",
                 "--results", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"),
                 "--benchmark-disable")
-    assert r.returncode == 1
-    assert "none.npz does not exist; check the path after 'npz:'." in r.stdout
-    assert "Traceback" not in r.stdout
+    out = r.stdout + r.stderr
+    assert r.returncode == 4, out
+    assert out.count("none.npz does not exist; check the path after 'npz:'.") == 1, out
+    assert "Traceback" not in out and "During handling" not in out
+    assert " passed" not in out and " failed" not in out  # no cell ran
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.json"))
 
 
 def test_list_json_and_table():

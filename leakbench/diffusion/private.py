@@ -24,6 +24,21 @@ from tqdm.auto import tqdm
 from leakbench.diffusion.schedule import NoiseSchedule
 from leakbench.diffusion.training import ema_update
 
+REPORTED_ACCOUNTANTS = ("rdp", "prv")
+"""Opacus accountants whose ε the suite reports: an upper bound on the privacy spent.
+Opacus' "gdp" (the Gaussian-DP CLT approximation) can underestimate ε, so it is refused."""
+
+SECURE_MODE = False
+"""Opacus ``secure_mode``: off, so the noise comes from a seeded generator and a rerun is
+bit-for-bit the same.  Fine for a benchmark; a model meant for release needs a CSPRNG."""
+
+
+def refused_accountant(accountant: str) -> str:
+    """The sentence refusing an accountant whose ε the suite does not report."""
+    why = (" can underestimate ε (Opacus warns so), and the reported ε must be an upper bound"
+           if accountant == "gdp" else " is not one the suite reports")
+    return (f"accountant={accountant}{why}; choose one of {', '.join(REPORTED_ACCOUNTANTS)}.")
+
 
 def per_example_loss(
     model: nn.Module,
@@ -127,6 +142,8 @@ def train_private_denoiser(
 
     from leakbench.errors import UsageError
 
+    if accountant not in REPORTED_ACCOUNTANTS:
+        raise UsageError(refused_accountant(accountant))
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise UsageError(f"The denoiser cannot be trained with DP-SGD ({errors[0]}); use a model "
@@ -144,7 +161,7 @@ def train_private_denoiser(
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
         warnings.filterwarnings("ignore", message=".*non-full backward hook.*")
         torch.manual_seed(int(seed))
-        engine = PrivacyEngine(accountant=accountant)
+        engine = PrivacyEngine(accountant=accountant, secure_mode=SECURE_MODE)
         dp_model, optimizer, dp_loader = engine.make_private_with_epsilon(
             module=model,
             optimizer=torch.optim.Adam(model.parameters(), lr=learning_rate),
@@ -196,6 +213,7 @@ def train_private_denoiser(
         "accountant": engine.accountant.mechanism(),
         "accounted_steps": int(sum(n for _, _, n in engine.accountant.history)),
         "noise_draws": int(noise_draws),
+        "secure_mode": SECURE_MODE,
     }
     return ema.cpu(), stats
 
