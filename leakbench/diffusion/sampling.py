@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -77,11 +78,13 @@ def sample_images(
     clip_denoised: bool = False,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images in [-1, 1] (CPU tensor); same seed ⇒ same images on the same machine.
 
     The starting noise for all ``n`` images is drawn up front from one seeded CPU
-    generator, so the result does not depend on the device's RNG.
+    generator, so the result does not depend on the device's RNG.  With ``condition``
+    (n, d), image i is drawn from ``model(x_t, t, condition[i])`` (a conditional denoiser).
     """
     gen = torch.Generator().manual_seed(int(seed))
     x_T = torch.randn((n, *shape), generator=gen)
@@ -90,9 +93,17 @@ def sample_images(
     bar = tqdm(total=n, desc="DDIM sampling", unit="img", disable=not progress, leave=False)
     for start in range(0, n, batch_size):
         x = x_T[start : start + batch_size].to(device)
-        x0 = ddim_sample(model, x, timesteps, schedule=schedule, eta=eta,
+        step_model = model
+        if condition is not None:
+            c = condition[start : start + batch_size].to(device)
+            step_model = functools.partial(_conditioned, model, c)
+        x0 = ddim_sample(step_model, x, timesteps, schedule=schedule, eta=eta,
                          clip_denoised=clip_denoised, generator=gen, callback=callback)
         out.append(x0.clamp(-1, 1).cpu())
         bar.update(len(x))
     bar.close()
     return torch.cat(out) if out else torch.empty((0, *shape))
+
+
+def _conditioned(model, c: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return model(x, t, c)

@@ -49,11 +49,13 @@ def train_denoiser(
     progress: bool = True,
     loss_fn: Callable[..., torch.Tensor] = ddpm_loss,
     desc: str = "training denoiser",
+    extra: torch.Tensor | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train ``model`` on ``images`` (N, C, H, W) in [-1, 1]; return (EMA model, stats).
 
     Batches are drawn with replacement from a seeded generator, so the same seed
-    gives the same weights on the same machine.
+    gives the same weights on the same machine.  ``extra`` (N, ...) is per-image side
+    data (a conditional denoiser's condition), passed to ``loss_fn`` as ``extra=`` rows.
     """
     gen = torch.Generator().manual_seed(int(seed))
     model = model.to(device).train()
@@ -65,7 +67,8 @@ def train_denoiser(
     bar = trange(steps, desc=desc, unit="step", disable=not progress, leave=False)
     for step in bar:
         idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen)
-        loss = loss_fn(model, data[idx.to(data.device)], schedule, gen)
+        kwargs = {} if extra is None else {"extra": extra[idx]}
+        loss = loss_fn(model, data[idx.to(data.device)], schedule, gen, **kwargs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

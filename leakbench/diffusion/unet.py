@@ -126,7 +126,10 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(c_prev, out_channels or in_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time(t)
+        return self.denoise(x, self.time(t))
+
+    def denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The network given the embedding every residual block reads (time, and any condition)."""
         h = self.conv_in(x)
         skips = []
         for level, down in zip(self.down, self.downsample):
