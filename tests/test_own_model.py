@@ -112,3 +112,34 @@ def test_training_time_defenses_and_channel_mismatch_are_one_sentence(own_model,
     with pytest.raises(UsageError, match="makes 3-channel images but dataset .* is grey") as exc:
         h.target(f"folder:{data}", "ddim")
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_a_bad_model_folder_stops_the_run_and_loses_nothing_stored(own_model, tmp_path):
+    """A benchmark run given a broken --model stops with its one sentence; the results store
+    keeps every row an earlier run on a good model wrote."""
+    from tests.test_diffusers import _bad_prediction, _no_config
+
+    data, model = own_model
+    h = Harness.create(profile="smoke", cache_dir=tmp_path / "c", results=tmp_path / "r",
+                       model=model, progress=False)
+    h.run_cell(f"folder:{data}", "ddim", "replication")
+    h.finish(reference=False)
+    before = h.store.rows()
+    assert before
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for make, message in [(_no_config, "is not a diffusers model folder"),
+                          (_bad_prediction, "prediction_type 'flow' is not supported")]:
+        bad = tmp_path / make.__name__
+        make(bad)
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "benchmarks/", "--model", str(bad), "--dataset",
+             f"folder:{data}", "--defense", "ddim", "--attack", "replication", "--profile",
+             "smoke", "--no-report", "-q", "--cache-dir", str(tmp_path / "c"), "--results",
+             str(tmp_path / "r")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode != 0
+        assert message in r.stdout + r.stderr
+        from leakbench.results import ResultsStore
+
+        assert ResultsStore(tmp_path / "r").rows() == before
