@@ -42,7 +42,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_leaderboard(args) -> int:
-    from leakbench.leaderboard import leaderboard_frame, render_csv, render_json, render_table
+    from leakbench.leaderboard import leaderboard_frame, render_csv, render_json
 
     rows, findings = [], []
     for store in _existing_stores(args.results):  # several stores (one per machine) merge
@@ -57,18 +57,24 @@ def _cmd_leaderboard(args) -> int:
 
         df = df[[not is_timing(m) for m in df["metric"]]]
     if args.format == "table":
-        from reports.tables import leaderboard_rows, reference_defenses
-        from reports.verdicts import verdict_lines
-
-        refs = {(dataset, ref) for (dataset, _), ref in reference_defenses(findings).items()}
-        out = render_table(df, references=refs)
-        lines = verdict_lines(leaderboard_rows(df, findings)) if len(df) else []
-        out += "".join(["\nverdicts against the reference:", *(f"\n  {x}" for x in lines)]
-                       if lines else [])
+        out = leaderboard_text(df, findings)
     else:
         out = {"csv": render_csv, "json": render_json}[args.format](df)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     return 0
+
+
+def leaderboard_text(df, findings: list[dict]) -> str:
+    """The leaderboard as a terminal table, with the verdicts against the reference."""
+    from leakbench.leaderboard import render_table
+    from reports.tables import leaderboard_rows, reference_defenses
+    from reports.verdicts import verdict_lines
+
+    refs = {(dataset, ref) for (dataset, _), ref in reference_defenses(findings).items()}
+    out = render_table(df, references=refs)
+    lines = verdict_lines(leaderboard_rows(df, findings)) if len(df) else []
+    return out + "".join(["\nverdicts against the reference:", *(f"\n  {x}" for x in lines)]
+                         if lines else [])
 
 
 def _cmd_cells(args) -> int:
@@ -85,6 +91,52 @@ def _cmd_cells(args) -> int:
             for a in attacks:
                 print(f"benchmarks/test_cells.py::test_cell[{d}-{f}-{a}]")
     return 0
+
+
+def _cmd_submit(args) -> int:
+    """Submit the cells as a job array (submitit), wait, merge, print the leaderboard."""
+    from leakbench.submit import Selection, merge, plan, submit_and_wait, summary
+
+    selection = Selection.resolve(defense=args.defense, attack=args.attack, dataset=args.dataset,
+                                  profile=args.profile, seed=args.seed, device=args.device,
+                                  cache_dir=args.cache_dir, data_root=args.data_root,
+                                  model=args.model)
+    p = plan(selection=selection, executor=args.executor, results=args.results,
+             partition=args.partition, gpus=args.gpus, cpus=args.cpus, time_min=args.time,
+             parallelism=args.array_parallelism)
+    if args.dry_run:
+        print(f"leakbench submit --dry-run: nothing was submitted\n{p.describe()}")
+        return 0
+    from leakbench.harness import check_locations
+    from leakbench.submit import check_executor
+
+    check_executor(p.executor)
+    check_locations(cache_dir=selection.cache_dir, results=p.results,
+                    data_root=selection.data_root, model=selection.model)
+    outcomes = submit_and_wait(p, progress=not args.quiet)
+    run_ids = merge(p, outcomes)
+    print("\n".join(summary(outcomes)))
+    if run_ids:
+        _print_merged(p.results, run_ids, report=not args.no_report)
+    return 1 if any(o["outcome"] == "failed" for o in outcomes) else 0
+
+
+def _print_merged(results, run_ids: list[str], *, report: bool) -> None:
+    """The leaderboard of the merged runs, and the report of the whole store."""
+    from leakbench.leaderboard import leaderboard_frame
+    from leakbench.results import ResultsStore
+
+    store = ResultsStore(results)
+    ids = set(run_ids)
+    findings = [f for f in store.findings() if f["run_id"] in ids]
+    print(leaderboard_text(leaderboard_frame(store.rows(run_ids)), findings))
+    print(f"results: {store.path}")
+    if report:
+        from leakbench.paths import writing_to
+        from reports.site import build_site
+
+        with writing_to(store.root, what="the report folder", option="--results"):
+            print(f"report: {build_site(store, store.root / 'report')}")
 
 
 def _cmd_report(args) -> int:
@@ -182,6 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--defense", "--attack", "--dataset"):
         p_cells.add_argument(opt, action="append", default=None, help="as for pytest benchmarks/")
     p_cells.set_defaults(func=_cmd_cells)
+    p_sub = sub.add_parser("submit", help="run the benchmark cells as a job array (Slurm, or "
+                                           "local processes) and merge their results")
+    for opt in ("--defense", "--attack", "--dataset"):
+        p_sub.add_argument(opt, action="append", default=None, help="as for pytest benchmarks/")
+    p_sub.add_argument("--profile", default="default", help="smoke, default or paper")
+    p_sub.add_argument("--seed", type=int, default=0)
+    p_sub.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p_sub.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="artifact cache every task shares (on a cluster: a shared folder)")
+    p_sub.add_argument("--results", default=None, metavar="DIR",
+                       help="results folder: task folders go under it, merged into its store")
+    p_sub.add_argument("--data-root", default=None, metavar="DIR")
+    p_sub.add_argument("--model", default=None, metavar="DIR",
+                       help="audit your own diffusers model, as for pytest benchmarks/")
+    p_sub.add_argument("--executor", choices=["slurm", "local"], default="slurm",
+                       help="slurm (default; needs sbatch) or local (processes on this machine)")
+    p_sub.add_argument("--partition", default=None, help="Slurm partition")
+    p_sub.add_argument("--gpus", type=int, default=None,
+                       help="GPUs per task (default 0 with --device cpu, else 1)")
+    p_sub.add_argument("--cpus", type=int, default=None, help="CPUs per task (Slurm)")
+    p_sub.add_argument("--time", type=int, default=60, metavar="MIN",
+                       help="time limit per task in minutes (default 60)")
+    p_sub.add_argument("--array-parallelism", type=int, default=None, metavar="N",
+                       help="tasks running at once (default: all on Slurm, half the cores locally)")
+    p_sub.add_argument("--dry-run", action="store_true",
+                       help="print the jobs (sbatch script and one command per task); submit nothing")
+    p_sub.add_argument("--no-report", action="store_true", help="do not build the HTML report")
+    p_sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p_sub.set_defaults(func=_cmd_submit)
     p_rep = sub.add_parser("report", help="build the static HTML report (leaderboard, figures)")
     p_rep.add_argument("--out", required=True, metavar="DIR", help="folder to write the site to")
     p_rep.add_argument("--results", action="append", default=None,

@@ -456,6 +456,42 @@ class ResultsStore:
             con.row_factory = sqlite3.Row
             return [dict(r) for r in con.execute("SELECT * FROM runs ORDER BY started")]
 
+    def merge(self, sources: Iterable[ResultsStore]) -> list[str]:
+        """Copy the runs of ``sources`` not yet in this store (rows, findings, plot arrays).
+
+        Runs are only ever added, so merging twice adds nothing; the ids of the runs copied
+        are returned.  Each source is copied in one transaction, its arrays first, so a
+        row never points at a missing file.
+        """
+        merged: list[str] = []
+        for src in sources:
+            have = {r["run_id"] for r in self.runs()}
+            runs = [r for r in src.runs() if r["run_id"] not in have]
+            if not runs:
+                continue
+            ids = [r["run_id"] for r in runs]
+            rows = src.rows(ids)
+            findings = [f for f in src.findings() if f["run_id"] in set(ids)]
+            for f in findings:
+                if f["arrays_path"]:
+                    data = (src.root / f["arrays_path"]).read_bytes()
+                    try:
+                        atomic_write_bytes(self.root / f["arrays_path"], lambda w, d=data: w.write(d))
+                    except OSError as exc:
+                        raise StorageError(explain_os_error(exc, self.root, what="the results folder",
+                                                            option=RESULTS_OPTION)) from None
+            with self.connect() as con:
+                for table, records in (("runs", runs), ("findings", findings)):
+                    cols = TABLES[table]
+                    con.executemany(f"INSERT INTO {table} ({','.join(cols)}) VALUES "
+                                    f"({','.join('?' * len(cols))})",
+                                    [tuple(r[c] for c in cols) for r in records])
+                con.executemany(f"INSERT INTO metrics ({','.join(COLUMNS)}) VALUES "
+                                f"({','.join('?' * len(COLUMNS))})",
+                                [tuple(r[c] for c in COLUMNS) for r in rows])
+            merged.extend(ids)
+        return merged
+
     def load_arrays(self, arrays_path: str) -> dict[str, np.ndarray]:
         with np.load(self.root / arrays_path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
