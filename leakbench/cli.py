@@ -103,7 +103,7 @@ def _cmd_submit(args) -> int:
                                   model=args.model)
     p = plan(selection=selection, executor=args.executor, results=args.results,
              partition=args.partition, gpus=args.gpus, cpus=args.cpus, time_min=args.time,
-             parallelism=args.array_parallelism)
+             parallelism=args.array_parallelism, per_task=args.per_task)
     if args.dry_run:
         print(f"leakbench submit --dry-run: nothing was submitted\n{p.describe()}")
         return 0
@@ -118,7 +118,7 @@ def _cmd_submit(args) -> int:
     print("\n".join(summary(outcomes)))
     if run_ids:
         _print_merged(p.results, run_ids, report=not args.no_report)
-    return 1 if any(o["outcome"] == "failed" for o in outcomes) else 0
+    return 1 if any(c["outcome"] == "failed" for o in outcomes for c in o["cells"]) else 0
 
 
 def _print_merged(results, run_ids: list[str], *, report: bool) -> None:
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time limit per task in minutes (default 60)")
     p_sub.add_argument("--array-parallelism", type=int, default=None, metavar="N",
                        help="tasks running at once (default: all on Slurm, half the cores locally)")
+    p_sub.add_argument("--per-task", choices=["target", "cell"], default="target",
+                       help="cells per task: all of one (dataset, defense) target (default; its "
+                            "figures then match a serial run), or one cell")
     p_sub.add_argument("--dry-run", action="store_true",
                        help="print the jobs (sbatch script and one command per task); submit nothing")
     p_sub.add_argument("--no-report", action="store_true", help="do not build the HTML report")

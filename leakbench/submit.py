@@ -22,7 +22,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,29 +99,29 @@ def suite_root() -> Path:
 
 @dataclass(frozen=True)
 class CellTask:
-    """One task of the array: ``pytest`` on one cell, in its own results folder.
+    """One task of the array: ``pytest`` on its cells, in its own results folder.
 
     Picklable (submitit sends it to the worker); calling it runs pytest in the worker's
-    process and returns what happened: the cell's outcome and the cache events (which
+    process and returns what happened: each cell's outcome and the cache events (which
     artifacts this task built and which it found in the shared cache).
     """
 
     index: int
-    cell: tuple[str, str, str]
+    cells: tuple[tuple[str, str, str], ...]
     root: str
     options: tuple[str, ...]
     results: str
 
     @property
-    def node_id(self) -> str:
-        return f"benchmarks/test_cells.py::test_cell[{'-'.join(self.cell)}]"
+    def node_ids(self) -> list[str]:
+        return [node_id(cell) for cell in self.cells]
 
     def pytest_args(self) -> list[str]:
-        return [self.node_id, *self.options, "--results", self.results, "--no-report",
+        return [*self.node_ids, *self.options, "--results", self.results, "--no-report",
                 "-p", "no:cacheprovider"]
 
     def command(self) -> str:
-        """The task as a shell command (what it runs, to rerun a cell by hand)."""
+        """The task as a shell command (what it runs, to rerun it by hand)."""
         return shlex.join([sys.executable, "-m", "pytest", *self.pytest_args()])
 
     def __call__(self) -> dict[str, Any]:
@@ -133,28 +133,38 @@ class CellTask:
         collector = _Collector()
         started = time.time()
         code = int(pytest.main(self.pytest_args(), plugins=[collector]))
-        return {"index": self.index, "cell": list(self.cell), "exit_code": code,
-                "outcome": collector.outcome, "message": collector.message,
-                "events": collector.events, "started": started, "ended": time.time(),
-                "host": socket.gethostname(), "pid": os.getpid()}
+        return {"index": self.index, "exit_code": code, "events": collector.events,
+                "cells": [{"cell": list(c), **collector.outcomes.get(node_id(c), NOT_RUN)}
+                          for c in self.cells],
+                "started": started, "ended": time.time(), "host": socket.gethostname(),
+                "pid": os.getpid()}
+
+
+NOT_RUN = {"outcome": "not run", "message": ""}
+
+
+def node_id(cell: tuple[str, str, str]) -> str:
+    """The pytest node id of a benchmark cell (as ``leakbench cells`` prints it)."""
+    return f"benchmarks/test_cells.py::test_cell[{'-'.join(cell)}]"
 
 
 class _Collector:
-    """A pytest plugin that keeps the cell's outcome and the harness's cache events."""
+    """A pytest plugin that keeps each cell's outcome and the harness's cache events."""
 
     def __init__(self):
-        self.outcome = "not run"
-        self.message = ""
+        self.outcomes: dict[str, dict[str, str]] = {}
         self.events: list[dict[str, Any]] = []
 
     def pytest_runtest_logreport(self, report):
-        if report.when == "call" or report.outcome != "passed":
-            self.outcome = report.outcome
-            if report.skipped and isinstance(report.longrepr, tuple):
-                self.message = str(report.longrepr[2]).removeprefix("Skipped: ")
-            elif report.failed:
-                self.message = report.longreprtext.strip().splitlines()[-1] \
-                    if report.longreprtext.strip() else ""
+        if report.when != "call" and report.outcome == "passed":
+            return
+        message = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            message = str(report.longrepr[2]).removeprefix("Skipped: ")
+        elif report.failed and report.longreprtext.strip():
+            message = report.longreprtext.strip().splitlines()[-1]
+        if self.outcomes.get(report.nodeid, {}).get("outcome") != "failed":
+            self.outcomes[report.nodeid] = {"outcome": report.outcome, "message": message}
 
     def pytest_unconfigure(self, config):
         lb = getattr(config, "_leakbench", None)
@@ -162,6 +172,12 @@ class _Collector:
         if harness is not None:
             self.events = [{"kind": e.kind, "key": e.key, "label": e.label, "status": e.status,
                             "seconds": e.seconds} for e in harness.cache.events]
+
+
+PER_TASK = ("target", "cell")
+"""How cells are grouped into tasks: all the cells of one (dataset, defense) target per task
+(the default: a defense's figures then cover the same samples as in a serial run), or one
+cell per task (more tasks; a defense's figure row then reflects the samples of one cell)."""
 
 
 @dataclass
@@ -178,7 +194,7 @@ class SubmitPlan:
     cpus: int | None = None
     time_min: int = 60
     parallelism: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    per_task: str = "target"
 
     @property
     def logs(self) -> Path:
@@ -207,14 +223,16 @@ class SubmitPlan:
     def describe(self) -> str:
         """The dry run's text: settings, the sbatch script (Slurm) and each task's command."""
         n = len(self.tasks)
-        where = (f"a Slurm job array of {n} task(s), at most {min(n, self.parallelism)} running "
+        where = (f"a Slurm job array, at most {min(n, self.parallelism)} running "
                  "at once" if self.executor == "slurm" else
                  f"{n} local process(es), at most {min(n, self.parallelism)} at once")
-        per_task = ", ".join(x for x in [
+        resources = ", ".join(x for x in [
             f"partition {self.partition}" if self.partition else "",
             f"{self.gpus} GPU(s)", f"{self.cpus} CPU(s)" if self.cpus else "",
             f"{self.time_min} min"] if x)
-        lines = [f"{n} cell(s) as {where}; per task: {per_task}",
+        cells = sum(len(t.cells) for t in self.tasks)
+        lines = [f"{cells} cell(s) in {n} task(s) (one {self.per_task} each) as {where}; "
+                 f"per task: {resources}",
                  f"shared artifact cache: {self.selection.cache_dir}",
                  f"task results: {self.folder}/task-NNNN, merged into {self.results}",
                  f"submitit logs: {self.logs}"]
@@ -223,14 +241,14 @@ class SubmitPlan:
                 f"  {x}" for x in self.sbatch_script().rstrip().splitlines())]
         lines.append(f"tasks (each runs in {self.tasks[0].root if self.tasks else '.'}):")
         for t in self.tasks:
-            lines.append(f"  {t.index:>4}  {' '.join(t.cell)}")
+            lines.append(f"  {t.index:>4}  " + "; ".join(" ".join(c) for c in t.cells))
             lines.append(f"        {t.command()}")
         return "\n".join(lines)
 
 
 def plan(*, selection: Selection, executor: str, results=None, partition=None, gpus=None,
          cpus=None, time_min: int = 60, parallelism: int | None = None,
-         stamp: str | None = None) -> SubmitPlan:
+         per_task: str = "target", stamp: str | None = None) -> SubmitPlan:
     """Check the options and lay out the tasks (nothing is written or submitted)."""
     from leakbench.results import default_results_dir
 
@@ -242,20 +260,25 @@ def plan(*, selection: Selection, executor: str, results=None, partition=None, g
     if gpus == 0 and selection.device.startswith("cuda"):
         raise UsageError(f"--device {selection.device} needs a GPU per task; pass --gpus 1 "
                          "(or more), or --device cpu.")
+    if per_task not in PER_TASK:
+        raise UsageError(f"Unknown --per-task {per_task!r}; choose one of {', '.join(PER_TASK)}.")
     if parallelism is not None and parallelism < 1:
         raise UsageError("--array-parallelism must be at least 1 (tasks running at once).")
-    cells = selection.cells()
+    groups: dict[tuple[str, ...], list[tuple[str, str, str]]] = {}
+    for cell in selection.cells():
+        groups.setdefault(cell[:2] if per_task == "target" else cell, []).append(cell)
     if parallelism is None:  # Slurm throttles by itself; one machine runs a task per core
-        parallelism = len(cells) if executor == "slurm" else max(1, (os.cpu_count() or 1) // 2)
+        parallelism = len(groups) if executor == "slurm" else max(1, (os.cpu_count() or 1) // 2)
     results = Path(results).expanduser() if results else default_results_dir()
     results = results.resolve()
     folder = results / f"submit-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
     root = str(suite_root())
     options = tuple(selection.pytest_options())
-    tasks = [CellTask(i, cell, root, options, str(folder / f"task-{i:04d}"))
-             for i, cell in enumerate(cells)]
+    tasks = [CellTask(i, tuple(cells), root, options, str(folder / f"task-{i:04d}"))
+             for i, cells in enumerate(groups.values())]
     return SubmitPlan(selection, executor, folder, results, tasks, partition=partition,
-                      gpus=gpus, cpus=cpus, time_min=int(time_min), parallelism=parallelism)
+                      gpus=gpus, cpus=cpus, time_min=int(time_min), parallelism=parallelism,
+                      per_task=per_task)
 
 
 def check_executor(executor: str) -> None:
@@ -302,7 +325,8 @@ def submit_and_wait(p: SubmitPlan, *, progress: bool = True, poll_s: float | Non
     pending = list(p.tasks)
     running: dict[Any, CellTask] = {}
     outcomes: dict[int, dict[str, Any]] = {}
-    bar = tqdm(total=len(p.tasks), desc="cells", unit="cell", disable=not progress)
+    bar = tqdm(total=sum(len(t.cells) for t in p.tasks), desc="cells", unit="cell",
+               disable=not progress)
     try:
         if p.executor == "slurm":
             jobs = executor.map_array(run_task, pending)
@@ -314,13 +338,12 @@ def submit_and_wait(p: SubmitPlan, *, progress: bool = True, poll_s: float | Non
             while pending and len(running) < p.parallelism:
                 task = pending.pop(0)
                 running[executor.submit(run_task, task)] = task
-            done = [j for j in running if j.done()]
-            for job in done:
-                task = running.pop(job)
+            finished = [(j, running.pop(j)) for j in [j for j in running if j.done()]]
+            for job, task in finished:
                 outcomes[task.index] = _outcome(job, task)
-            failed = sum(o["outcome"] == "failed" for o in outcomes.values())
-            bar.set_postfix(running=len(running), failed=failed, refresh=False)
-            bar.update(len(done))
+            failed = sum(c["outcome"] == "failed" for o in outcomes.values() for c in o["cells"])
+            bar.set_postfix(tasks_running=len(running), failed=failed, refresh=False)
+            bar.update(sum(len(task.cells) for _, task in finished))
             if pending or running:
                 time.sleep(poll_s)
     except KeyboardInterrupt:
@@ -336,19 +359,21 @@ def submit_and_wait(p: SubmitPlan, *, progress: bool = True, poll_s: float | Non
 
 
 def _outcome(job, task: CellTask) -> dict[str, Any]:
-    """The task's result, or a failure that names its log when the task itself died."""
+    """The task's result; its cells fail with a sentence naming the log if the task died."""
     try:
         out = job.result()
     except Exception as exc:  # killed, out of time or memory, or pytest crashed
         last = str(exc).strip().splitlines()
-        return {"index": task.index, "cell": list(task.cell), "exit_code": None,
-                "outcome": "failed", "events": [],
-                "message": f"the task ended without a result ({last[-1] if last else exc}); "
-                           f"see {job.paths.stderr}"}
-    if out["outcome"] == "not run" or out["exit_code"] not in (0, 1):
-        why = {4: "a usage error or an unreadable dataset", 5: "no cell matched its node id"}
-        out["outcome"] = "failed"
-        out["message"] = out["message"] or (f"pytest exited {out['exit_code']} "
+        message = (f"the task ended without a result ({last[-1] if last else exc}); "
+                   f"see {job.paths.stderr}")
+        return {"index": task.index, "exit_code": None, "events": [],
+                "cells": [{"cell": list(c), "outcome": "failed", "message": message}
+                          for c in task.cells]}
+    why = {4: "a usage error or an unreadable dataset", 5: "no cell matched its node id"}
+    for c in out["cells"]:
+        if c["outcome"] == "not run" or out["exit_code"] not in (0, 1):
+            c["outcome"] = "failed"
+            c["message"] = c["message"] or (f"pytest exited {out['exit_code']} "
                                             f"({why.get(out['exit_code'], 'see its log')}); "
                                             f"see {job.paths.stdout}")
     return out
@@ -364,12 +389,13 @@ def merge(p: SubmitPlan, outcomes: list[dict[str, Any]]) -> list[str]:
 
 def summary(outcomes: list[dict[str, Any]]) -> list[str]:
     """Lines on the cells (failed and skipped ones with their sentence) and the shared cache."""
-    lines = []
-    counts = {k: sum(o["outcome"] == k for o in outcomes) for k in ("passed", "skipped", "failed")}
-    lines.append(f"{len(outcomes)} cell(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    for o in outcomes:
-        if o["outcome"] in ("failed", "skipped"):
-            lines.append(f"  {o['outcome']} {'-'.join(o['cell'])}: {o['message']}")
+    cells = [c for o in outcomes for c in o["cells"]]
+    counts = {k: sum(c["outcome"] == k for c in cells) for k in ("passed", "skipped", "failed")}
+    lines = [f"{len(cells)} cell(s) in {len(outcomes)} task(s): "
+             + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    for c in cells:
+        if c["outcome"] in ("failed", "skipped"):
+            lines.append(f"  {c['outcome']} {'-'.join(c['cell'])}: {c['message']}")
     built = [(o["index"], e) for o in outcomes for e in o.get("events", [])
              if e["status"] != "hit" and e["kind"] not in ("finding", "samples")]
     users: dict[str, set[int]] = {}

@@ -29,21 +29,29 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_dry_run_prints_the_slurm_array_and_submits_nothing(tmp_path):
-    r = _cli("submit", *SELECT, "--executor", "slurm", "--partition", "gpu", "--gpus", "2",
-             "--cpus", "8", "--time", "45", "--array-parallelism", "1", "--device", "cuda",
-             "--cache-dir", str(tmp_path / "cache"), "--results", str(tmp_path / "results"),
-             "--dry-run")
+    r = _cli("submit", *SELECT, "--attack", "loss_mia", "--executor", "slurm", "--partition",
+             "gpu", "--gpus", "2", "--cpus", "8", "--time", "45", "--array-parallelism", "1",
+             "--device", "cuda", "--cache-dir", str(tmp_path / "cache"),
+             "--results", str(tmp_path / "results"), "--dry-run")
     assert r.returncode == 0, r.stderr
     out = r.stdout
+    assert "4 cell(s) in 2 task(s) (one target each)" in out
     for flag in ("--array=0-1%1", "--partition=gpu", "--gpus-per-node=2", "--cpus-per-task=8",
                  "--time=45"):
         assert f"#SBATCH {flag}" in out
     assert "-m submitit.core._submit" in out
-    for cell in ("digits-ddim-replication", "digits-cpsample-replication"):
+    for cell in ("digits-ddim-replication", "digits-cpsample-replication",
+                 "digits-ddim-loss_mia", "digits-cpsample-loss_mia"):
         assert f"benchmarks/test_cells.py::test_cell[{cell}]" in out
     assert out.count(f"--cache-dir {tmp_path / 'cache'}") == 2  # every task shares the cache
     assert "task-0000 " in out and "task-0001 " in out  # and writes its own results folder
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+    r = _cli("submit", *SELECT, "--attack", "loss_mia", "--executor", "slurm", "--per-task",
+             "cell", "--results", str(tmp_path / "results"), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "4 cell(s) in 4 task(s) (one cell each)" in r.stdout
+    assert "#SBATCH --array=0-3%4" in r.stdout
 
 
 def test_slurm_executor_without_sbatch_is_refused_in_one_sentence(tmp_path):
@@ -86,7 +94,7 @@ def test_local_array_shares_the_cache_and_merges_into_the_serial_leaderboard(tmp
     p = plan(selection=sel, executor="local", parallelism=2, results=tmp_path / "array")
     assert len(p.tasks) == 2
     outcomes = submit_and_wait(p, progress=False, poll_s=0.5)
-    assert [o["outcome"] for o in outcomes] == ["passed", "passed"], outcomes
+    assert [c["outcome"] for o in outcomes for c in o["cells"]] == ["passed", "passed"], outcomes
     assert len({o["pid"] for o in outcomes}) == 2
     assert max(o["started"] for o in outcomes) < min(o["ended"] for o in outcomes)  # overlapped
 
