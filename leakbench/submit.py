@@ -4,10 +4,11 @@
     leakbench submit --executor local --array-parallelism 2 --profile smoke ...
     leakbench submit ... --dry-run          # print the jobs; submits nothing
 
-Every (dataset, defense, attack) cell of the selection that ``pytest benchmarks/``
-would run becomes one task of a job array submitted through submitit (Slurm, or its
-local executor on one machine).  A task runs exactly that cell with pytest, so a cell
-behaves as in a serial run (skips, failures, owed reference cells, defense figures).
+The (dataset, defense, attack) cells of the selection that ``pytest benchmarks/``
+would run become a job array submitted through submitit (Slurm, or its local executor
+on one machine): one task per trained target (dataset, defense) by default, or one per
+cell (``--per-task cell``).  A task runs its cells with pytest, so a cell behaves as in
+a serial run (skips, failures, owed reference cells, defense figures).
 All tasks share one artifact cache, whose file locks make a model shared by several
 cells (the public and fine-tuned denoisers) be trained by one task while the others
 wait and load it; each task writes its own results folder (SQLite is not shared over a
