@@ -24,6 +24,9 @@ def pytest_addoption(parser):
                 help="smoke, default or paper (default: default)")
     g.addoption("--seed", type=int, default=0, help="seed of splits, training and sampling")
     g.addoption("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    g.addoption("--precision", default="fp32", metavar="NAME",
+                help="fp32 (default) or bf16: autocast for training, sampling and white-box "
+                     "noise predictions (statistics stay fp32; cached apart from fp32)")
     g.addoption("--cache-dir", default=None, metavar="DIR",
                 help="artifact cache (default: $LEAKBENCH_CACHE_DIR or ~/.cache/leakbench)")
     g.addoption("--results", default=None, metavar="DIR",
@@ -54,6 +57,7 @@ class _LeakbenchSession:
 
     def __init__(self, config):
         from leakbench.config import get_profile
+        from leakbench.diffusion.precision import resolve_precision
         from leakbench.harness import expand, validate_dataset, with_reference
         from leakbench.registry import ATTACKS, DEFENSES
         from leakbench.specs import split_specs
@@ -61,6 +65,7 @@ class _LeakbenchSession:
         opt = config.getoption
         self.config = config
         self.profile = get_profile(opt("--profile")).name
+        self.precision = resolve_precision(opt("--precision"))
         # The undefended reference runs first, beside the defenses asked for.
         self.defenses = with_reference(expand(opt("--defense"), DEFENSES))
         self.attacks = expand(opt("--attack"), ATTACKS)
@@ -95,7 +100,7 @@ class _LeakbenchSession:
                 profile=self.profile, seed=opt("--seed"), device=opt("--device"),
                 cache_dir=opt("--cache-dir"), results=opt("--results"),
                 data_root=opt("--data-root"), progress=opt("verbose") >= 0,
-                model=opt("--model"),
+                model=opt("--model"), precision=self.precision,
                 command="pytest " + " ".join(self.config.invocation_params.args),
             )
         return self._harness

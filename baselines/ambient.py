@@ -54,7 +54,8 @@ class Ambient(Defense):
         from leakbench.diffusion.unet import UNet
 
         c = ctx.splits.channels
-        return UNet(2 * c, ctx.profile.unet_channels, ctx.profile.unet_attention, out_channels=c)
+        return UNet(2 * c, ctx.profile.unet_channels, ctx.profile.unet_attention, out_channels=c,
+                    precision=ctx.precision)
 
     def _fit(self, ctx, images, masks, *, steps: int, seed: int, init: dict | None, desc: str):
         """Train the ambient network on corrupted ``images`` (fixed ``masks``) from ``init``."""

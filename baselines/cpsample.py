@@ -77,7 +77,8 @@ class CPSample(Defense):
     def _new_classifier(self, ctx):
         from leakbench.diffusion.unet import TimeEncoder
 
-        return TimeEncoder(ctx.splits.channels, self.classifier_channels(ctx), num_classes=2)
+        return TimeEncoder(ctx.splits.channels, self.classifier_channels(ctx), num_classes=2,
+                           precision=ctx.precision)
 
     def train(self, ctx):
         import torch

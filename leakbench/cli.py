@@ -200,7 +200,8 @@ def _cmd_export(args) -> int:
         raise LeakbenchError(f"The export folder {out} is not empty; give a new or empty folder.")
     dataset = validate_dataset(args.dataset)
     h = Harness.create(profile=args.profile, seed=args.seed, device=args.device,
-                       cache_dir=args.cache_dir, data_root=args.data_root, progress=True)
+                       cache_dir=args.cache_dir, data_root=args.data_root, progress=True,
+                       precision=args.precision)
     ctx = h.context(dataset)
     denoiser = resolve_plugin(DEFENSES, args.defense).train(ctx).get("denoiser")
     if not isinstance(denoiser, UNet):
@@ -288,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--profile", default="default")
     p_exp.add_argument("--seed", type=int, default=0)
     p_exp.add_argument("--device", default="cpu")
+    p_exp.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                       help="the precision the denoiser was trained in (as for pytest benchmarks/)")
     p_exp.add_argument("--cache-dir", default=None, metavar="DIR")
     p_exp.add_argument("--data-root", default=None, metavar="DIR")
     p_exp.set_defaults(func=_cmd_export)

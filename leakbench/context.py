@@ -33,7 +33,13 @@ def resolve_device(name: str | None) -> str:
 
 @dataclass(eq=False)
 class RunContext:
-    """One dataset at one profile and seed: splits, cache, device and the shared denoiser."""
+    """One dataset at one profile and seed: splits, cache, device and the shared denoiser.
+
+    ``precision`` ('fp32' or 'bf16', see :mod:`leakbench.diffusion.precision`) is the
+    networks' forward precision in training, sampling and white-box queries; a non-fp32
+    precision is part of every training spec and target key, so the two never share an
+    artifact, and fp32 keys are those from before the option existed.
+    """
 
     profile: Profile
     dataset: str = "digits"
@@ -43,6 +49,7 @@ class RunContext:
     data_root: str | os.PathLike | None = None
     progress: bool = True
     model: str | os.PathLike | None = None  # a user's diffusers model folder (--model)
+    precision: str = "fp32"
 
     @functools.cached_property
     def external(self):
@@ -51,7 +58,9 @@ class RunContext:
             return None
         from leakbench.diffusion.external import load_diffusers_model
 
-        return load_diffusers_model(self.model)
+        external = load_diffusers_model(self.model)
+        external.model.precision = self.precision
+        return external
 
     @property
     def image_size(self) -> int:
@@ -109,6 +118,10 @@ class RunContext:
             return self.external.schedule
         return make_schedule(self.profile.schedule, self.profile.num_timesteps)
 
+    def precision_spec(self) -> dict[str, Any]:
+        """``{"precision": ...}`` for a cache key, or ``{}`` at fp32 (keys from before stay valid)."""
+        return {} if self.precision == "fp32" else {"precision": self.precision}
+
     def _optimisation_spec(self, steps: int) -> dict[str, Any]:
         p = self.profile
         return {
@@ -122,6 +135,7 @@ class RunContext:
             "learning_rate": p.learning_rate,
             "ema_decay": p.ema_decay,
             "device": self.device.split(":")[0],
+            **self.precision_spec(),
         }
 
     def pretraining_spec(self) -> dict[str, Any] | None:
@@ -149,7 +163,8 @@ class RunContext:
         For a user's model (``--model``): the hash of its files, and the splits it is audited on.
         """
         if self.external is not None:
-            return {"splits": self.splits.hash, "model": self.external.fingerprint()}
+            return {"splits": self.splits.hash, "model": self.external.fingerprint(),
+                    **self.precision_spec()}
         return {"splits": self.splits.hash, "init": self.pretraining_spec(),
                 **self._optimisation_spec(self.member_train_steps)}
 
@@ -165,6 +180,7 @@ class RunContext:
             "defense": defense.name,
             "defense_version": defense.version,
             "params": params_dict(defense.params),
+            **self.precision_spec(),
             **extra,
         })
 
@@ -225,7 +241,8 @@ class RunContext:
             return None
         key = content_key("public-target", {"code": source_hash(RunContext),
                                             "pretraining": self.pretraining_spec(),
-                                            "profile": self.profile.to_dict()})
+                                            "profile": self.profile.to_dict(),
+                                            **self.precision_spec()})
         return AuditTarget(key=key, model=model, schedule=self.schedule, splits=self.splits,
                            ctx=self, released="the public-only denoiser")
 
@@ -235,7 +252,8 @@ class RunContext:
 
         if self.external is not None:
             raise self.retraining_refused("this step")
-        model = UNet(self.splits.channels, self.profile.unet_channels, self.profile.unet_attention)
+        model = UNet(self.splits.channels, self.profile.unet_channels, self.profile.unet_attention,
+                     precision=self.precision)
         state = self.public_state_dict() if pretrained else None
         if state is not None:
             model.load_state_dict(state)

@@ -118,6 +118,7 @@ class Harness:
     command: str = ""
     reference: str = REFERENCE_DEFENSE
     model: str | os.PathLike | None = None  # a user's diffusers model folder: the audited denoiser
+    precision: str = "fp32"  # the networks' forward precision: fp32 or bf16 (autocast)
     _run: Run | None = None
     _contexts: dict[str, RunContext] = field(default_factory=dict)
     _targets: dict[tuple[str, str], BuiltTarget] = field(default_factory=dict)
@@ -127,9 +128,13 @@ class Harness:
     @classmethod
     def create(cls, *, profile: str = "default", seed: int = 0, device: str | None = "cpu",
                cache_dir=None, results=None, data_root=None, progress: bool = True,
-               command: str = "", model=None) -> Harness:
+               command: str = "", model=None, precision: str | None = "fp32") -> Harness:
         """``model``: a diffusers model folder (pipeline or UNet2DModel) audited instead of the
-        denoiser leakbench trains; it is loaded from local files only."""
+        denoiser leakbench trains; it is loaded from local files only.  ``precision``: fp32
+        (default) or bf16 autocast for training, sampling and white-box noise predictions."""
+        from leakbench.diffusion.precision import resolve_precision
+
+        precision = resolve_precision(precision)
         check_locations(cache_dir=cache_dir, results=results, data_root=data_root, model=model)
         if model is not None:
             from leakbench.diffusion.external import load_diffusers_model
@@ -137,7 +142,8 @@ class Harness:
             load_diffusers_model(model)  # a folder that is not a usable model: one sentence now
         return cls(profile=get_profile(profile), seed=int(seed), device=resolve_device(device),
                    cache=ArtifactCache(cache_dir), store=ResultsStore(results),
-                   data_root=data_root, progress=progress, command=command, model=model)
+                   data_root=data_root, progress=progress, command=command, model=model,
+                   precision=precision)
 
     @property
     def run(self) -> Run:
@@ -151,7 +157,7 @@ class Harness:
             self._contexts[dataset] = RunContext(
                 profile=self.profile, dataset=dataset, seed=self.seed, device=self.device,
                 cache=self.cache, data_root=self.data_root, progress=self.progress,
-                model=self.model,
+                model=self.model, precision=self.precision,
             )
         return self._contexts[dataset]
 
@@ -183,7 +189,8 @@ class Harness:
         finding = self.attack_finding(built, attack, ctx)
         finding.metrics.extend(self.reference_metrics(dataset, built, attack, ctx, finding))
         # Which row the report compares this one with (stored with the finding's info).
-        finding.info = {**finding.info, "reference_defense": self.reference_spec}
+        finding.info = {**finding.info, "reference_defense": self.reference_spec,
+                        **self.context(dataset).precision_spec()}
         seconds = time.perf_counter() - t0
         self.store.record(
             self.run, dataset=dataset, defense=defense_spec,

@@ -26,8 +26,9 @@ class ConditionalUNet(UNet):
     """``model(x_t, t, c) -> ε̂`` with c (N, d) or None (the learned null condition)."""
 
     def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (32, 64, 64),
-                 attention: bool = False, dropout: float = 0.0, cond_dim: int = 16):
-        super().__init__(in_channels, channels, attention, dropout)
+                 attention: bool = False, dropout: float = 0.0, cond_dim: int = 16,
+                 precision: str = "fp32"):
+        super().__init__(in_channels, channels, attention, dropout, precision=precision)
         self.config = {**self.config, "cond_dim": cond_dim}
         emb_dim = 4 * channels[0]
         self.cond = nn.Linear(cond_dim, emb_dim)
@@ -97,7 +98,7 @@ def public_conditional_denoiser(ctx, *, k: int, sigma_max: float):
 
     def new_model():
         return ConditionalUNet(ctx.splits.channels, p.unet_channels, p.unet_attention,
-                               cond_dim=encoder.config["dim"])
+                               cond_dim=encoder.config["dim"], precision=ctx.precision)
 
     def build():
         means, _ = public_neighbour_means(embed(encoder, ctx.splits.public), k)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from leakbench.diffusion.precision import autocast
 from leakbench.diffusion.schedule import NoiseSchedule
 from leakbench.errors import UsageError
 
@@ -39,6 +40,8 @@ class EpsilonModel(nn.Module):
     """``model(x_t, t) -> ε̂`` from a diffusers ``UNet2DModel`` predicting ε, v or x₀.
 
     v = √ᾱ ε − √(1−ᾱ) x₀ gives ε = √ᾱ v + √(1−ᾱ) x_t; x₀ gives ε = (x_t − √ᾱ x₀) / √(1−ᾱ).
+    ``precision="bf16"`` runs the diffusers U-Net under bf16 autocast; the conversion to ε
+    is fp32.
     """
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str = "epsilon"):
@@ -48,9 +51,12 @@ class EpsilonModel(nn.Module):
         self.unet = unet
         self.schedule = schedule
         self.prediction_type = prediction_type
+        self.precision = "fp32"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self.unet(x, t).sample
+        with autocast(x.device.type, self.precision):
+            out = self.unet(x, t).sample
+        out = out.float()
         if self.prediction_type == "epsilon":
             return out
         a = self.schedule.at(t, x)

@@ -135,6 +135,8 @@ def train_private_denoiser(
     The expected batch is ``batch_size`` (q = 1 / ⌈N / batch_size⌉, Opacus' rule);
     σ comes from ``PrivacyEngine.make_private_with_epsilon`` for the planned steps.
     ``stats`` holds ε spent (from the accountant), δ, σ, q, the steps and the costs.
+    The training runs in fp32 whatever ``model.precision`` says (see below); the caller
+    may sample the result in bf16.
     """
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -148,6 +150,11 @@ def train_private_denoiser(
     if errors:
         raise UsageError(f"The denoiser cannot be trained with DP-SGD ({errors[0]}); use a model "
                          "without BatchNorm.")
+    # Opacus computes per-sample gradients from the layers' activations: under bf16 autocast
+    # they, and the norms clipping measures, are bf16, and a clipped gradient could exceed
+    # max_grad_norm, which ε assumes.  DP-SGD therefore trains in fp32 at every precision.
+    if getattr(model, "precision", "fp32") != "fp32":
+        model.precision = "fp32"
     model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images),

@@ -56,6 +56,8 @@ def train_denoiser(
     Batches are drawn with replacement from a seeded generator, so the same seed
     gives the same weights on the same machine.  ``extra`` (N, ...) is per-image side
     data (a conditional denoiser's condition), passed to ``loss_fn`` as ``extra=`` rows.
+    A model built with ``precision="bf16"`` runs its forward pass under bf16 autocast and
+    returns fp32, so the loss, the Adam state and the EMA weights stay fp32.
     """
     gen = torch.Generator().manual_seed(int(seed))
     model = model.to(device).train()

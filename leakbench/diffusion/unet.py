@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from leakbench.diffusion.precision import autocast
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps, (N,) -> (N, dim)."""
@@ -85,7 +87,11 @@ class TimeEmbedding(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε-prediction U-Net: ``model(x_t, t) -> ε̂`` with x_t (N, C, H, W) and t (N,) int."""
+    """ε-prediction U-Net: ``model(x_t, t) -> ε̂`` with x_t (N, C, H, W) and t (N,) int.
+
+    ``precision="bf16"`` runs the forward pass under bf16 autocast; ε̂ is returned in fp32
+    (see :mod:`leakbench.diffusion.precision`).
+    """
 
     def __init__(
         self,
@@ -94,10 +100,12 @@ class UNet(nn.Module):
         attention: bool = False,
         dropout: float = 0.0,
         out_channels: int | None = None,
+        precision: str = "fp32",
     ):
         super().__init__()
         self.config = dict(in_channels=in_channels, channels=tuple(channels), attention=attention,
                            dropout=dropout, out_channels=out_channels)
+        self.precision = precision
         base, emb_dim = channels[0], 4 * channels[0]
         self.time = TimeEmbedding(base)
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
@@ -129,7 +137,15 @@ class UNet(nn.Module):
         return self.denoise(x, self.time(t))
 
     def denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """The network given the embedding every residual block reads (time, and any condition)."""
+        """The network given the embedding every residual block reads (time, and any condition).
+
+        Under ``precision="bf16"`` it runs in bf16 autocast and returns fp32.
+        """
+        with autocast(x.device.type, self.precision):
+            out = self._denoise(x, emb)
+        return out.float()
+
+    def _denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         skips = []
         for level, down in zip(self.down, self.downsample):
@@ -148,7 +164,8 @@ class TimeEncoder(nn.Module):
     """The U-Net's encoder half with a pooled linear head: ``f(x_t, t) -> logits``.
 
     Timestep embedding, downsampling residual blocks, a middle block, then
-    GroupNorm + SiLU + global average pooling and a linear head.
+    GroupNorm + SiLU + global average pooling and a linear head.  ``precision`` as for
+    :class:`UNet` (logits in fp32).
     """
 
     def __init__(
@@ -158,10 +175,12 @@ class TimeEncoder(nn.Module):
         num_classes: int = 2,
         attention: bool = False,
         dropout: float = 0.0,
+        precision: str = "fp32",
     ):
         super().__init__()
         self.config = dict(in_channels=in_channels, channels=tuple(channels),
                            num_classes=num_classes, attention=attention, dropout=dropout)
+        self.precision = precision
         base, emb_dim = channels[0], 4 * channels[0]
         self.time = TimeEmbedding(base)
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
@@ -178,6 +197,11 @@ class TimeEncoder(nn.Module):
         self.head = nn.Linear(c_prev, num_classes)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device.type, self.precision):
+            logits = self._forward(x, t)
+        return logits.float()
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time(t)
         h = self.conv_in(x)
         for level, down in zip(self.down, self.downsample):
