@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from leakbench.api import AuditTarget, Defense, Metric
+from leakbench.diffusion.guidance import GuidedDenoiser
 from leakbench.diffusion.schedule import NoiseSchedule
 
 N_NEIGHBOURS = 50  # m(n₀): mean ℓ2 to n₀'s 50 nearest members (paper Sec. 4)
@@ -56,7 +57,7 @@ def member_scales(members: np.ndarray, n_neighbours: int = N_NEIGHBOURS) -> np.n
     return np.sqrt(np.maximum(d2[:, 1:], 0.0)).mean(axis=1)
 
 
-class AMGGuided:
+class AMGGuided(GuidedDenoiser):
     """ε̂(x_t, t) = ε_θ(x_t, t) + c₃ √(1−ᾱ_t) ∇_{x_t} σ_t where σ_t > λ_t (AMG dissimilarity)."""
 
     def __init__(self, eps_model, members: torch.Tensor, *, schedule: NoiseSchedule,
@@ -64,6 +65,7 @@ class AMGGuided:
                  lambda_b: float = -1.0, lambda_c: float = 5.0, always: bool = False):
         import faiss
 
+        super().__init__()
         self.eps_model = eps_model
         self.schedule = schedule
         self.scale, self.alpha = float(scale), float(alpha)
@@ -74,15 +76,6 @@ class AMGGuided:
         self.m = torch.from_numpy(member_scales(flat)).float()
         self.index = faiss.IndexFlatL2(flat.shape[1])
         self.index.add(np.ascontiguousarray(flat))
-        self.pairs = 0
-        self.guided = 0
-
-    def reset_counts(self) -> None:
-        self.pairs = self.guided = 0
-
-    @property
-    def guided_fraction(self) -> float:
-        return self.guided / self.pairs if self.pairs else 0.0
 
     def threshold(self, t: torch.Tensor) -> torch.Tensor:
         """λ_t = a − (a − b) e^(−c t / T); −∞ with ``always``."""
@@ -109,8 +102,7 @@ class AMGGuided:
         eps = self.eps_model(x_t, t)
         sigma, _ = self.similarity(self.x0_hat(x_t, t, eps))
         guided = (sigma.cpu() > self.threshold(t.cpu())).to(x_t.device)
-        self.pairs += len(x_t)
-        self.guided += int(guided.sum())
+        self.count(guided)
         if not guided.any():
             return eps
 
@@ -157,27 +149,16 @@ class AMG(Defense):
     paper = "Chen, Liu & Xu, Towards Memorization-Free Diffusion Models (CVPR 2024)"
 
     def wrap(self, artifacts, ctx) -> AuditTarget:
-        from leakbench.diffusion.sampling import sample_images
+        from leakbench.diffusion.guidance import guided_draw
 
         p, model = self.params, artifacts["denoiser"]
         guided = AMGGuided(model, ctx.splits.members, schedule=ctx.schedule, scale=p.scale,
                            alpha=p.alpha, lambda_a=p.lambda_a, lambda_b=p.lambda_b,
                            lambda_c=p.lambda_c, always=p.always)
 
-        def draw(n: int, seed: int):
-            # The one DDIM sampler on the guided ε̂; count the guided (image, step) pairs.
-            guided.reset_counts()
-            images = sample_images(
-                guided, n, schedule=ctx.schedule, shape=ctx.splits.image_shape,
-                steps=ctx.profile.ddim_steps, seed=seed, batch_size=ctx.profile.sample_batch_size,
-                clip_denoised=ctx.profile.clip_x0, device=ctx.device, progress=ctx.progress,
-            )
-            return images, {"guided_fraction": guided.guided_fraction,
-                            "guided_pairs": guided.guided, "pairs": guided.pairs}
-
         return AuditTarget(
             key=ctx.target_key(self), model=guided, schedule=ctx.schedule, splits=ctx.splits,
-            ctx=ctx, draw=draw, released_model=model,
+            ctx=ctx, draw=guided_draw(guided, ctx), released_model=model,
             released=("the plain fine-tuned denoiser: the guidance is sampling-time and its "
                       "member index (the members themselves) does not ship"),
             info={**ctx.training_info(), "n_neighbours": N_NEIGHBOURS},

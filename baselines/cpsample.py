@@ -109,28 +109,16 @@ class CPSample(Defense):
                 "classifier_stats": payload["stats"]}
 
     def wrap(self, artifacts, ctx) -> AuditTarget:
-        from leakbench.diffusion.guidance import TAU, cpsample_guided
-        from leakbench.diffusion.sampling import sample_images
+        from leakbench.diffusion.guidance import TAU, cpsample_guided, guided_draw
 
         p = self.params
         guided = cpsample_guided(artifacts["denoiser"], artifacts["classifier"],
                                  schedule=ctx.schedule, alpha=p.alpha, scale=p.scale, tau=TAU)
 
-        def draw(n: int, seed: int):
-            # The one DDIM sampler, on the guided ε̂; count the guided (image, step) pairs.
-            guided.reset_counts()
-            images = sample_images(
-                guided, n, schedule=ctx.schedule, shape=ctx.splits.image_shape,
-                steps=ctx.profile.ddim_steps, seed=seed, batch_size=ctx.profile.sample_batch_size,
-                clip_denoised=ctx.profile.clip_x0, device=ctx.device, progress=ctx.progress,
-            )
-            return images, {"guided_fraction": guided.guided_fraction,
-                            "guided_pairs": guided.guided, "pairs": guided.pairs}
-
         stats = artifacts["classifier_stats"]
         return AuditTarget(
             key=ctx.target_key(self), model=guided, schedule=ctx.schedule, splits=ctx.splits,
-            ctx=ctx, draw=draw, released_model=artifacts["denoiser"],
+            ctx=ctx, draw=guided_draw(guided, ctx), released_model=artifacts["denoiser"],
             released=("the plain fine-tuned denoiser: the guidance is sampling-time, and the "
                       "classifier does not ship (it memorised the members' labels)"),
             info={**ctx.training_info(),

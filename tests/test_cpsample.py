@@ -67,6 +67,67 @@ def test_guidance_matches_the_closed_form_gradient():
     assert logit_shift[0] > 0 > logit_shift[4]
 
 
+class Recording(nn.Module):
+    """A TimeEncoder with spread-out logits that records the batch size of every forward."""
+
+    def __init__(self):
+        from leakbench.diffusion.unet import TimeEncoder
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = TimeEncoder(1, (8, 16)).eval().requires_grad_(False)
+        self.net.head.weight.mul_(50.0)  # untrained logits sit near 0: spread them
+        self.sizes: list[int] = []
+
+    def forward(self, x, t):
+        self.sizes.append(len(x))
+        return self.net(x, t)
+
+
+@pytest.mark.parametrize("n_guided", [3, 12, 16])
+def test_guided_subset_gradient_equals_the_full_batch_gradient(n_guided):
+    """Few guided: the graph is rebuilt on them alone; the gradients are the full batch's."""
+    sched = make_schedule("linear", 100)
+    clf, n, s, tau = Recording(), 16, 7.0, 0.001
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 8, 8, generator=gen)
+    t = torch.randint(0, 100, (n,), generator=gen)
+    conv = nn.Conv2d(1, 1, 3, padding=1).requires_grad_(False)
+
+    def eps_model(x, t):
+        return conv(x)
+
+    # Reference: the paper's rule and one autograd pass over the whole batch.
+    xr = x.clone().requires_grad_(True)
+    p = clf(xr, t).float().softmax(1)
+    sure = p.detach().min(dim=1).values  # p_φ(y* | x_t, t) of the unlikely label
+    alpha = float(sure.sort().values[n_guided - 1]) + 1e-7 if n_guided < n else 0.5
+    toward = torch.where(p[:, 0] < alpha, 0, torch.where(p[:, 1] < alpha, 1, -1))
+    guided = toward >= 0
+    assert int(guided.sum()) == n_guided
+    log_p = torch.log(tau + p.gather(1, toward.clamp(min=0)[:, None])[:, 0])
+    (ref,) = torch.autograd.grad(log_p[guided].sum(), xr)
+
+    model = cpsample_guided(eps_model, clf, schedule=sched, alpha=alpha, scale=s, tau=tau)
+    clf.sizes.clear()
+    with torch.no_grad():
+        grad, mask = model.log_prob_gradient(x, t)
+        sizes = list(clf.sizes)
+        eps_hat, eps = model(x, t), eps_model(x, t)
+    assert torch.equal(mask, guided)
+    assert torch.allclose(grad[guided], ref[guided], atol=1e-6, rtol=1e-5)
+    assert torch.equal(grad[~guided], torch.zeros_like(grad[~guided]))
+    # Under half guided the graph is built on the guided images alone, else on the batch.
+    subset = n_guided < model.full_graph_fraction * n
+    assert sizes == ([n, n_guided] if subset else [n])
+    # Unguided images get exactly the plain ε; guided ones ε − s√(1−ᾱ_t)∇log(τ + p).
+    assert torch.equal(eps_hat[~guided], eps[~guided])
+    a_bar = sched.at(t, x)
+    assert torch.allclose(eps_hat[guided], (eps - s * (1 - a_bar).sqrt() * ref)[guided],
+                          atol=1e-5, rtol=1e-5)
+    assert model.guided == n_guided and model.pairs == n
+
+
 def test_tau_keeps_a_saturated_classifier_finite():
     sched = make_schedule("linear", 100)
     w = torch.ones(1, 4, 4)
