@@ -20,6 +20,7 @@ import torch
 from leakbench.api import Attack, AuditTarget, Finding, ModelAccess
 from leakbench.membership import (
     check_membership_params,
+    check_timestep,
     run_membership_attack,
     timestep_batch,
     timestep_grid,
@@ -99,10 +100,7 @@ class LossMIA(Attack):
         p = self.params
         draws = p.noise_draws or ctx.profile.mia_noise_draws
         T = target.schedule.num_timesteps
-        if p.t is not None and p.t >= T:
-            from leakbench.errors import UsageError
-
-            raise UsageError(f"loss_mia t={p.t} is outside the schedule; use 0 <= t < {T}.")
+        check_timestep("loss_mia", p.t, T)
 
         def statistic(images, timesteps, seed, bar):
             return noise_errors(target.noise_predictor(p.access), target.schedule, images,

@@ -24,6 +24,7 @@ import torch
 from leakbench.api import Attack, AuditTarget, Finding, ModelAccess
 from leakbench.membership import (
     check_membership_params,
+    check_timestep,
     run_membership_attack,
     timestep_batch,
     timestep_grid,
@@ -84,10 +85,7 @@ class PIA(Attack):
     def run(self, target: AuditTarget, ctx) -> Finding:
         p = self.params
         T = target.schedule.num_timesteps
-        if p.t is not None and p.t >= T:
-            from leakbench.errors import UsageError
-
-            raise UsageError(f"pia t={p.t} is outside the schedule; use 1 <= t < {T}.")
+        check_timestep("pia", p.t, T, low=1)
         k = max(1, T // 100)
 
         def statistic(images, timesteps, seed, bar):

@@ -26,6 +26,7 @@ import torch
 from leakbench.api import Attack, AuditTarget, Finding, ModelAccess
 from leakbench.membership import (
     check_membership_params,
+    check_timestep,
     ddim_step,
     run_membership_attack,
     timestep_grid,
@@ -86,14 +87,10 @@ class SecMI(Attack):
     paper = "Duan et al. 2023, Are Diffusion Models Vulnerable to Membership Inference Attacks?"
 
     def run(self, target: AuditTarget, ctx) -> Finding:
-        from leakbench.errors import UsageError
-
         p = self.params
         T = target.schedule.num_timesteps
         k = p.interval or max(1, T // 100)
-        if p.t is not None and (p.t % k or p.t + k >= T):
-            raise UsageError(f"secmi t={p.t} must be a multiple of the interval {k} with "
-                             f"t + {k} < {T}.")
+        check_timestep("secmi", p.t, T, interval=k)
         grid = [t for t in timestep_grid(T, p.grid_size, low=0.01, high=0.3, multiple_of=k)
                 if t + k < T]
 

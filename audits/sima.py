@@ -18,6 +18,7 @@ from leakbench.api import Attack, AuditTarget, Finding, ModelAccess
 from leakbench.membership import (
     batched_statistic,
     check_membership_params,
+    check_timestep,
     run_membership_attack,
     timestep_batch,
     timestep_grid,
@@ -78,10 +79,7 @@ class SimA(Attack):
     def run(self, target: AuditTarget, ctx) -> Finding:
         p = self.params
         T = target.schedule.num_timesteps
-        if p.t is not None and p.t >= T:
-            from leakbench.errors import UsageError
-
-            raise UsageError(f"sima t={p.t} is outside the schedule; use 0 <= t < {T}.")
+        check_timestep("sima", p.t, T)
         predict = target.noise_predictor(p.access)
 
         def statistic(images, timesteps, seed, bar):

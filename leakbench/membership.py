@@ -277,3 +277,23 @@ def check_membership_params(params) -> None:
     if getattr(params, "access", "effective") not in ("effective", "released"):
         raise ValueError(f"access={params.access!r} must be 'effective' (the sampler's predictor) "
                          "or 'released' (the published weights)")
+
+
+def check_timestep(name: str, t: int | None, T: int, *, low: int = 0,
+                   interval: int | None = None) -> None:
+    """Refuse a fixed attack timestep ``t`` the schedule of ``T`` steps cannot run (UsageError).
+
+    ``low`` is the smallest t the attack accepts (its params check it); with ``interval`` k,
+    t must also be a multiple of k with t + k < T (SecMI steps from t to t + k).  None
+    (calibrate t) always passes.
+    """
+    from leakbench.errors import UsageError
+
+    if t is None:
+        return
+    if interval is not None:
+        if t % interval or t + interval >= T:
+            raise UsageError(f"{name} t={t} must be a multiple of the interval {interval} with "
+                             f"t + {interval} < {T}.")
+    elif t >= T:
+        raise UsageError(f"{name} t={t} is outside the schedule; use {low} <= t < {T}.")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from leakbench.api import AuditTarget
-from leakbench.membership import ddim_step, membership_split, timestep_grid
+from leakbench.errors import UsageError
+from leakbench.membership import check_timestep, ddim_step, membership_split, timestep_grid
 
 ATTACKS = ["loss_mia", "secmi", "pia", "sima"]
 METRICS = ["z", "p_value", "auc", "eps_lower_bound"]
@@ -149,3 +150,15 @@ def test_missing_fpr_reason_reaches_the_results_store(smoke_harness):
     assert "tpr_at_0.1pct_fpr" in missing and "needs at least 1000" in missing["tpr_at_0.1pct_fpr"]
     stored = {r["metric"] for r in h.store.rows() if r["attack"] == "loss_mia[n_bootstrap=10]"}
     assert "auc" in stored and "tpr_at_0.1pct_fpr" not in stored
+
+
+def test_check_timestep_refuses_steps_the_schedule_cannot_run():
+    for t in (None, 0, 99):
+        check_timestep("loss_mia", t, 100)
+    with pytest.raises(UsageError, match=r"^pia t=100 is outside the schedule; use 1 <= t < 100\.$"):
+        check_timestep("pia", 100, 100, low=1)
+    check_timestep("secmi", 90, 100, interval=5)
+    for bad in (93, 95):  # not a multiple of k; t + k reaches T
+        with pytest.raises(UsageError, match=rf"^secmi t={bad} must be a multiple of the interval 5 "
+                                             r"with t \+ 5 < 100\.$"):
+            check_timestep("secmi", bad, 100, interval=5)
