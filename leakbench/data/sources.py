@@ -67,7 +67,21 @@ def _read_array(z, key: str, origin: str) -> np.ndarray:
                         "with numpy.savez (numbers only, no object arrays).") from None
 
 
-class Npz(DatasetSource):
+class PathSource(DatasetSource):
+    """A dataset read from a path given as its argument (``npz:``, ``folder:``)."""
+
+    needs_argument = True
+
+    @property
+    def path(self) -> Path:
+        """The argument as a path; a relative one not found here is taken under the data root."""
+        p = Path(self.argument).expanduser()
+        if not p.is_absolute() and self.data_root is not None and not p.exists():
+            p = self.data_root / p
+        return p
+
+
+class Npz(PathSource):
     """Any ``.npz`` with ``images`` (N×H×W[×C], uint8 or float in [0, 1]) and optional ``labels``."""
 
     name = "npz"
@@ -77,13 +91,6 @@ class Npz(DatasetSource):
     @classmethod
     def usage(cls) -> str:
         return "npz:<path to file.npz>"
-
-    @property
-    def path(self) -> Path:
-        p = Path(self.argument).expanduser()
-        if not p.is_absolute() and self.data_root is not None and not p.exists():
-            p = self.data_root / p
-        return p
 
     def _checked_path(self) -> Path:
         path = self.path
@@ -266,7 +273,7 @@ def _read_image_file(path: Path, shown: str) -> np.ndarray:
     return arr
 
 
-class Folder(DatasetSource):
+class Folder(PathSource):
     """A folder of PNG/JPEG images, grey or RGB, resized to the profile's size.
 
     Either one folder of images (searched recursively, split by seed like every dataset),
@@ -284,13 +291,6 @@ class Folder(DatasetSource):
     @classmethod
     def usage(cls) -> str:
         return "folder:<path to a folder of PNG/JPEG images>"
-
-    @property
-    def path(self) -> Path:
-        p = Path(self.argument).expanduser()
-        if not p.is_absolute() and self.data_root is not None and not p.exists():
-            p = self.data_root / p
-        return p
 
     def _checked_path(self) -> Path:
         from leakbench.paths import readable_dir
