@@ -80,7 +80,10 @@ def _leaderboard(results: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_local_array_shares_the_cache_and_merges_into_the_serial_leaderboard(tmp_path):
+def test_local_array_shares_the_cache_and_merges_into_the_serial_leaderboard(tmp_path, monkeypatch):
+    # The local tasks inherit this process's environment: give them the serial run's thread
+    # count, or float reductions (the classifier's loss) differ in the last bits.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # A serial run of the same benchmark command, with a cache of its own.
     serial = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks/", *SELECT, "--no-report", "-q",
