@@ -87,7 +87,9 @@ class DPRDM(Defense):
     Params = DPRDMParams
     description = ("DP-RDM: a denoiser trained on public data conditioned on a differentially "
                    "private k-NN mean of the members' embeddings (Poisson rate q, Gaussian σ for "
-                   "(ε, δ) over T queries), mixed with a public query by λ")
+                   "(ε, δ) over T queries), mixed with a public query by λ; departures: a "
+                   "16-d contrastive encoder trained on the public split stands in for CLIP, "
+                   "and the public-training noise σ_max = 0.1 is our measured choice")
     paper = ("Lebensold et al. 2024, Differentially Private Retrieval-Augmented Diffusion Models "
              "(DP-RDM)")
 
@@ -140,7 +142,7 @@ class DPRDM(Defense):
             bank = queries
         else:
             mech = PrivateRetrieval(datastore, k=p.k, q=s["q"], sigma=s["sigma"],
-                                    budget=p.queries, seed=ctx.seed)
+                                    budget=p.queries, seed=ctx.seed, device=ctx.device)
             bank = p.lam * mech.answer(queries) + (1 - p.lam) * queries
             if p.private:
                 s["epsilon"] = retrieval_epsilon(sigma=s["sigma"], k=p.k, q=s["q"],

@@ -152,12 +152,15 @@ class PublicEncoderFeatures(FeatureExtractor):
     name = "public_encoder"
     description = "the contrastive retrieval encoder trained on the public split only (DP-RDM)"
 
+    _encoder: PublicEncoder | None = None
+
     def __call__(self, images) -> np.ndarray:
         if self.ctx is None:
             raise UsageError("The public_encoder feature needs a run context (it is trained "
                              "on the dataset's public split).")
-        encoder, _ = public_encoder(self.ctx)
-        return embed(encoder, images)
+        if self._encoder is None:  # loaded from the cache once per extractor, not per call
+            self._encoder, _ = public_encoder(self.ctx)
+        return embed(self._encoder, images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,17 +223,16 @@ class PrivateRetrieval:
     """
 
     def __init__(self, datastore: np.ndarray, *, k: int, q: float, sigma: float, budget: int,
-                 seed: int):
-        import faiss
-
+                 seed: int, device: str = "cpu"):
         self.datastore = np.ascontiguousarray(datastore, dtype=np.float32)
         self.k, self.q, self.sigma, self.budget = int(k), float(q), float(sigma), int(budget)
+        self.device = device
         self.used = 0
         self._rng = np.random.default_rng([int(seed), 0xD9])
-        self._index = faiss.IndexFlatIP(self.datastore.shape[1])
-        self._index.add(self.datastore)
 
     def answer(self, queries: np.ndarray) -> np.ndarray:
+        from leakbench.features.index import nearest
+
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.used + len(queries) > self.budget:
             raise QueryBudgetExceeded(
@@ -243,7 +245,7 @@ class PrivateRetrieval:
         # Search the whole store once per query, deep enough to find k survivors of the
         # subsample almost always; fall back to the full ranking when it is not.
         depth = min(n, max(4 * self.k, int(np.ceil(4 * self.k / max(self.q, 1e-9)))))
-        _, ranked = self._index.search(queries, depth)
+        _, ranked = nearest(queries, self.datastore, k=depth, device=self.device)
         for i, q_vec in enumerate(queries):
             keep = self._rng.random(n) < self.q
             order = ranked[i][keep[ranked[i]]]

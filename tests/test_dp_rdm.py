@@ -152,3 +152,19 @@ def test_dp_rdm_bad_settings_are_one_sentence(smoke_harness):
         h.target("digits[public=0]", "dp_rdm")
     with pytest.raises(UsageError, match="lam=2.0 must be in"):
         h.target("digits", "dp_rdm[lam=2]")
+
+
+def test_public_encoder_feature_loads_the_encoder_once_per_extractor(smoke_harness):
+    from leakbench.retrieval import PublicEncoderFeatures
+
+    h = smoke_harness
+    ctx = h.context("digits")
+    feats = PublicEncoderFeatures(ctx)
+    images = ctx.splits.members[:8]
+    first = feats(images)
+    before = len(h.cache.events)
+    again = feats(images)
+    assert len(h.cache.events) == before  # no second cache read for the second call
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (8, 16)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
