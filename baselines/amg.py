@@ -1,27 +1,31 @@
 """AMG: anti-memorisation guidance (Chen, Liu & Xu, CVPR 2024, "Towards Memorization-Free
-Diffusion Models", Sec. 4).
+Diffusion Models", Sec. 4–5).
 
 For an unconditional model only AMG's dissimilarity guidance applies (despecification
 and caption deduplication need a prompt).  At every sampling step, on the predicted clean
 image x̂₀(x_t) = (x_t − √(1−ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t:
 
-    n₀    = the member nearest to x̂₀ (ℓ2, exact FAISS search on the members' pixels)
-    σ_t   = −ℓ2(x̂₀, n₀) / (α · m(n₀)),  m(n₀) = mean ℓ2 from n₀ to its 50 nearest members,
-            α = 0.5 (the paper's normalised ℓ2; σ_t > −1 means x̂₀ is a replica of n₀
-            by that criterion)
-    ε̂     = ε_θ(x_t, t) + c₃ √(1−ᾱ_t) ∇_{x_t} σ_t    only while σ_t > λ_t,
+    S     = x̂₀'s 50 nearest members by ℓ2 (exact FAISS search on the members' pixels),
+            n₀ the nearest of them
+    σ_t   = −ℓ2(x̂₀, n₀) / (α · mean_{z ∈ S} ℓ2(x̂₀, z)),  α = 0.5      (paper Eq. 8)
+    ε̂     = ε_θ(x_t, t) + c₃ √(1−ᾱ_t) ∇_{x_t} σ_t    only while σ_t > λ_t  (Eqs. 10, 17)
 
 so x̂₀ moves away from n₀ (down the gradient of its similarity) and the sampler is left
-alone otherwise.  The gradient runs through ε_θ (autograd through the U-Net), on the
-guided images only.
+alone otherwise.  As in the official sampling script, the denominator is a constant of the
+step (computed from the same search, no gradient through it); the gradient of the
+numerator runs through ε_θ (autograd through the U-Net), on the guided images only.
 
-Threshold schedule.  The official code uses λ_t = a − (a − b) e^(−c t).  Here t is taken
-as a fraction of the schedule's T (so a, b, c do not depend on T or on the DDIM step
-count): λ(t) = a − (a − b) e^(−c t / T).  At t = 0 it is b = −1: guide exactly when x̂₀ would
-count as a replica.  Early x̂₀ are blurred averages, farther from every member, so the
-threshold relaxes toward a = −2 (guide when x̂₀ is within twice the replica distance),
-with c = 5 putting the midpoint near t = 0.14 T.  These are this suite's adaptation, not
-the paper's values (which are for Stable Diffusion's 50 steps and SSCD similarity).
+Constants.  The paper gives none for CIFAR-10; its official sampling script
+(``image_sample.py`` of the CIFAR-10 iDDPM code) has c₃ = ``classifier_scale`` = 1000 by
+default, the schedule function λ(t) = a − (a − b) e^(−c t) with c = 0.025 per step of its
+250-step sampler, and thresholds on nL2 of 1.5 (its plotted threshold) and 1.9 (its
+comment: guidance "only called when ... mL2 < 1.9").  Its sampling loop, where a and b
+are set, is not available to us.  Our defaults read those numbers as: σ_t > λ_t with
+λ at t → T a = −1.9 (guide early while x̂₀ is within 1.9 of the normalised replica
+distance), λ at t = 0 b = −1.5, and the rate per fraction of the schedule c = 0.025 · 250
+= 6.25, so λ(t) = a − (a − b) e^(−c t / T) does not depend on T or the DDIM step count.
+The ε̂ form of the guidance (score guidance) is what makes c₃ independent of the step
+count: 50 DDIM steps here against the official 250 DDPM steps.
 
 AMG reports unconditional CIFAR-10 memorised samples 0.93 % → 0 with FID 7.44 → 7.25, and
 always-on guidance (``always=true`` here) destroying FID (257).  The released model is the
@@ -40,29 +44,16 @@ from leakbench.api import AuditTarget, Defense, Metric
 from leakbench.diffusion.guidance import GuidedDenoiser
 from leakbench.diffusion.schedule import NoiseSchedule
 
-N_NEIGHBOURS = 50  # m(n₀): mean ℓ2 to n₀'s 50 nearest members (paper Sec. 4)
-
-
-def member_scales(members: np.ndarray, n_neighbours: int = N_NEIGHBOURS) -> np.ndarray:
-    """m(n) for every member: mean ℓ2 to its ``n_neighbours`` nearest other members (FAISS)."""
-    import faiss
-
-    x = np.ascontiguousarray(members, dtype=np.float32)
-    k = min(n_neighbours, len(x) - 1)
-    if k < 1:
-        raise ValueError("AMG's normalised similarity needs at least 2 members")
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    d2, _ = index.search(x, k + 1)  # the first is the member itself
-    return np.sqrt(np.maximum(d2[:, 1:], 0.0)).mean(axis=1)
+N_NEIGHBOURS = 50  # |S|: the normaliser averages ℓ2 to x̂₀'s 50 nearest members (Eq. 8)
 
 
 class AMGGuided(GuidedDenoiser):
     """ε̂(x_t, t) = ε_θ(x_t, t) + c₃ √(1−ᾱ_t) ∇_{x_t} σ_t where σ_t > λ_t (AMG dissimilarity)."""
 
     def __init__(self, eps_model, members: torch.Tensor, *, schedule: NoiseSchedule,
-                 scale: float, alpha: float = 0.5, lambda_a: float = -2.0,
-                 lambda_b: float = -1.0, lambda_c: float = 5.0, always: bool = False):
+                 scale: float, alpha: float = 0.5, lambda_a: float = -1.9,
+                 lambda_b: float = -1.5, lambda_c: float = 6.25, always: bool = False,
+                 n_neighbours: int = N_NEIGHBOURS):
         import faiss
 
         super().__init__()
@@ -72,8 +63,10 @@ class AMGGuided(GuidedDenoiser):
         self.lambda_a, self.lambda_b, self.lambda_c = float(lambda_a), float(lambda_b), float(lambda_c)
         self.always = bool(always)
         flat = members.detach().cpu().float().flatten(1).numpy()
+        if len(flat) < 2:
+            raise ValueError("AMG's normalised similarity needs at least 2 members")
         self.members = members.detach().float().flatten(1)
-        self.m = torch.from_numpy(member_scales(flat)).float()
+        self.n_neighbours = min(int(n_neighbours), len(flat))
         self.index = faiss.IndexFlatL2(flat.shape[1])
         self.index.add(np.ascontiguousarray(flat))
 
@@ -85,13 +78,16 @@ class AMGGuided(GuidedDenoiser):
         return (self.lambda_a - (self.lambda_a - self.lambda_b) * torch.exp(-self.lambda_c * frac)).float()
 
     def similarity(self, x0_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(σ_t per image, differentiable in x̂₀; index of n₀): −ℓ2(x̂₀, n₀) / (α m(n₀))."""
+        """(σ_t per image, differentiable in x̂₀; index of n₀): Eq. 8,
+        −ℓ2(x̂₀, n₀) / (α · mean ℓ2 from x̂₀ to its ``n_neighbours`` nearest members)."""
         flat = x0_hat.flatten(1)
-        _, idx = self.index.search(np.ascontiguousarray(flat.detach().cpu().float().numpy()), 1)
+        d2, idx = self.index.search(np.ascontiguousarray(flat.detach().cpu().float().numpy()),
+                                    self.n_neighbours)
         n0 = torch.from_numpy(idx[:, 0]).long()
+        denom = self.alpha * np.sqrt(np.maximum(d2, 0.0)).mean(axis=1)  # constant of the step
         nearest = self.members[n0].to(flat.device, flat.dtype)
         dist = (flat - nearest).norm(dim=1)
-        return -dist / (self.alpha * self.m[n0].to(flat.device, flat.dtype)), n0
+        return -dist / torch.from_numpy(np.maximum(denom, 1e-12)).to(flat.device, flat.dtype), n0
 
     def x0_hat(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         alpha_bar = self.schedule.at(t, x_t)
@@ -122,11 +118,11 @@ class AMGGuided(GuidedDenoiser):
 
 @dataclass(frozen=True)
 class AMGParams:
-    scale: float = 100.0  # c₃, the dissimilarity guidance scale
+    scale: float = 1000.0  # c₃, the dissimilarity guidance scale (official code's default)
     alpha: float = 0.5  # α of the normalised ℓ2 (paper: 0.5)
-    lambda_a: float = -2.0  # λ at t → T (see the module docstring)
-    lambda_b: float = -1.0  # λ at t = 0: guide exactly when x̂₀ counts as a replica
-    lambda_c: float = 5.0  # decay rate of λ in units of t / T
+    lambda_a: float = -1.9  # λ at t → T (see the module docstring)
+    lambda_b: float = -1.5  # λ at t = 0
+    lambda_c: float = 6.25  # decay rate of λ in units of t / T (0.025 per step of 250)
     always: bool = False  # guide at every step (the paper's ablation that destroys FID)
 
     def __post_init__(self):
@@ -142,7 +138,7 @@ class AMG(Defense):
     """DDIM with AMG's dissimilarity guidance away from the nearest member."""
 
     name = "amg"
-    version = "1"
+    version = "2"  # 2: Eq. 8's normaliser from x̂₀'s neighbours; the official code's constants
     Params = AMGParams
     description = ("AMG: DDIM guided away from x̂₀'s nearest member while its normalised ℓ2 "
                    "similarity exceeds λ_t (dissimilarity guidance, c3 = scale)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.amg import AMGGuided, member_scales
+from baselines.amg import AMGGuided
 from leakbench.diffusion.schedule import make_schedule
 
 SHAPE = (1, 8, 8)
@@ -27,9 +27,21 @@ def x_t_for(x0: torch.Tensor, t: int, schedule) -> torch.Tensor:
     return a**0.5 * x0 / (1 - 0.1 * (1 - a) ** 0.5)
 
 
-def test_member_scales_are_mean_neighbour_distances():
-    x = np.array([[0.0], [1.0], [3.0]])
-    assert np.allclose(member_scales(x, n_neighbours=2), [2.0, 1.5, 2.5])
+def test_similarity_is_eq_8_normalised_by_x0_hats_own_neighbours():
+    schedule = make_schedule("linear", 100)
+    m = torch.stack([torch.full(SHAPE, v) for v in (0.0, 0.5, 1.5)])
+    amg = AMGGuided(eps_model, m, schedule=schedule, scale=1.0, n_neighbours=2)
+    x0 = torch.full((1, *SHAPE), 0.1)
+    # ℓ2 over 64 pixels: 0.8 to member 0, 3.2 to member 1; α = 0.5 → σ = −0.8 / (0.5 · 2.0)
+    sigma, n0 = amg.similarity(x0)
+    assert n0.tolist() == [0]
+    assert np.isclose(float(sigma[0]), -0.8, atol=1e-5)
+    # the normaliser comes from x̂₀'s neighbours, not n₀'s (member 0's two nearest other
+    # members are 4.0 and 12.0 away: α · 8.0 at every x̂₀): moving x̂₀ changes it
+    sigma2, _ = amg.similarity(torch.full((1, *SHAPE), 0.2))  # −1.6 / (0.5 · (1.6 + 2.4) / 2)
+    assert np.isclose(float(sigma2[0]), -1.6, atol=1e-5)
+    sigma3, _ = amg.similarity(torch.full((1, *SHAPE), -0.5))  # −4.0 / (0.5 · (4.0 + 8.0) / 2)
+    assert np.isclose(float(sigma3[0]), -4.0 / 3.0, atol=1e-5)
 
 
 def test_guidance_is_zero_below_the_threshold():
