@@ -27,3 +27,8 @@ class StorageError(LeakbenchError):
 
 class StoreError(StorageError):
     """A results store that is not ours, is damaged, or was written by another version."""
+
+
+class DataWarning(UserWarning):
+    """A dataset that can be used but differs from what its source publishes (e.g. a
+    MedMNIST file whose MD5 is not the official one); the run goes on and records it."""

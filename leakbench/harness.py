@@ -188,9 +188,10 @@ class Harness:
         t0 = time.perf_counter()
         finding = self.attack_finding(built, attack, ctx)
         finding.metrics.extend(self.reference_metrics(dataset, built, attack, ctx, finding))
-        # Which row the report compares this one with (stored with the finding's info).
+        # Which row the report compares this one with, and the data it was measured on (its
+        # hashes; for MedMNIST the MD5 beside the official one), stored with the finding's info.
         finding.info = {**finding.info, "reference_defense": self.reference_spec,
-                        **self.context(dataset).precision_spec()}
+                        "data": ctx.splits.manifest["dataset"], **ctx.precision_spec()}
         seconds = time.perf_counter() - t0
         self.store.record(
             self.run, dataset=dataset, defense=defense_spec,

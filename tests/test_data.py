@@ -124,3 +124,235 @@ def test_more_members_than_images(tmp_path):
     src = Npz(str(_npz(tmp_path, images=np.zeros((10, 8, 8), np.uint8))))
     with pytest.raises(DataError, match="has 10 images but the profile needs 32 members"):
         make_splits(src, image_size=8, n_members=32, pool_size=256, seed=0)
+
+
+# -- MedMNIST: MD5, the default folder, multi-label flags, the official split -------------------
+
+def _write_official(folder, flag, sizes=(30, 8, 12), shape=(28, 28), label_columns=1, seed=1,
+                    **overrides):
+    """A file in the official layout: {split}_images (uint8) and {split}_labels (n, columns)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), sizes):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, label_columns))
+    arrays.update(overrides)
+    return _npz(folder, f"{flag}.npz", **arrays)
+
+
+def test_medmnist_md5_mismatch_warns_and_is_recorded(tmp_path):
+    import hashlib
+
+    import medmnist
+
+    from leakbench.errors import DataWarning
+
+    path = _write_official(tmp_path, "breastmnist")
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    official = medmnist.INFO["breastmnist"]["MD5"]
+    src = open_dataset("medmnist:breastmnist", data_root=tmp_path)
+    with pytest.warns(DataWarning, match=f"MD5 {md5} is not the official {official}"):
+        splits = make_splits(src, image_size=28, n_members=8, pool_size=30, seed=0)
+    recorded = splits.manifest["dataset"]
+    assert recorded["md5"] == md5 and recorded["md5_official"] == official
+    assert recorded["md5_matches"] is False
+    assert splits.extras["source_info"]["md5_matches"] is False
+
+
+def test_medmnist_official_md5_is_silent_and_recorded(tmp_path, monkeypatch):
+    import hashlib
+    import warnings
+
+    import medmnist
+
+    path = _write_official(tmp_path, "breastmnist")
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    # This file stands in for the official one: INFO lists its MD5.
+    monkeypatch.setitem(medmnist.INFO, "breastmnist", {**medmnist.INFO["breastmnist"], "MD5": md5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        splits = make_splits(open_dataset("medmnist:breastmnist", data_root=tmp_path),
+                             image_size=28, n_members=8, pool_size=30, seed=0)
+    assert splits.manifest["dataset"]["md5"] == md5
+    assert splits.manifest["dataset"]["md5_matches"] is True
+
+
+def _run_with_home(home, code: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("LEAKBENCH_DATA_ROOT", None)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_no_medmnist_folder_is_left_in_home(tmp_path):
+    """A digits run, and a MedMNIST run from --data-root, leave no ~/.medmnist behind."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir()
+    data.mkdir()
+    _write_official(data, "breastmnist")
+    code = (
+        "from leakbench.registry import ATTACKS, DATASETS, DEFENSES\n"
+        "from leakbench.data.sources import open_dataset\n"
+        "from leakbench.data.splits import make_splits\n"
+        "[r.names() for r in (ATTACKS, DATASETS, DEFENSES)]\n"
+        "make_splits(open_dataset('digits'), image_size=8, n_members=8, pool_size=64, seed=0)\n"
+        "import pathlib; assert not (pathlib.Path.home() / '.medmnist').exists(), 'digits'\n"
+        f"src = open_dataset('medmnist:breastmnist', data_root={str(data)!r})\n"
+        "make_splits(src, image_size=8, n_members=8, pool_size=30, seed=0)\n"
+        "assert not (pathlib.Path.home() / '.medmnist').exists(), 'medmnist'\n"
+    )
+    r = _run_with_home(home, code)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert list(home.iterdir()) == []
+    # A folder the user made stays (and is searched).
+    (home / ".medmnist").mkdir()
+    r = _run_with_home(home, code.replace("assert not", "assert"))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_medmnist_without_a_default_folder_says_where_it_looked(tmp_path):
+    """medmnist sets DEFAULT_ROOT to None where it cannot make ~/.medmnist: no crash."""
+    home = tmp_path / "home-file"
+    home.write_text("not a folder")  # makedirs(~/.medmnist) fails: DEFAULT_ROOT is None
+    r = _run_with_home(home, (
+        "from leakbench.data.sources import open_dataset\n"
+        "from leakbench.errors import DataError\n"
+        "try:\n"
+        f"    open_dataset('medmnist:breastmnist', data_root={str(tmp_path)!r}).load(28)\n"
+        "except DataError as exc:\n"
+        "    print(exc)\n"
+        "import medmnist.info; assert medmnist.info.DEFAULT_ROOT is None\n"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"breastmnist.npz not found (looked in {tmp_path});" in r.stdout
+    assert "Failed to setup default root" not in r.stderr
+
+
+def test_multi_label_flag_keeps_every_label_column(tmp_path):
+    import medmnist
+
+    from leakbench.quality.domain import train_domain_encoder
+
+    columns = len(medmnist.INFO["chestmnist"]["label"])
+    path = _write_official(tmp_path, "chestmnist", label_columns=columns)
+    raw = open_dataset("medmnist:chestmnist", data_root=tmp_path).load(28)
+    assert raw.labels.shape == (30, columns)
+    np.testing.assert_array_equal(raw.labels, np.load(path)["train_labels"])
+    # a single-label flag still gives one label per image
+    _write_official(tmp_path, "breastmnist")
+    assert open_dataset("medmnist:breastmnist", data_root=tmp_path).load(28).labels.shape == (30,)
+    # the domain encoder learns all findings at once
+    splits = make_splits(open_dataset("medmnist:chestmnist", data_root=tmp_path), image_size=8,
+                         n_members=8, pool_size=30, seed=0)
+    assert splits.member_labels.shape == (8, columns)
+    x = splits.population
+    labels = np.concatenate([splits.member_labels, splits.holdout_labels])
+    _, stats = train_domain_encoder(x, labels, steps=2, seed=0)
+    assert stats["objective"] == "multi-label classification"
+
+
+def test_multi_label_values_must_be_indicators(tmp_path):
+    labels = np.full((30, 14), 2)
+    _write_official(tmp_path, "chestmnist", label_columns=14, train_labels=labels)
+    with pytest.raises(DataError, match="must be 0 or 1 in every column"):
+        open_dataset("medmnist:chestmnist", data_root=tmp_path).load(28)
+
+
+def _official_options(text: str):
+    from leakbench.data.sources import parse_dataset_spec
+
+    return parse_dataset_spec(text)[2]
+
+
+def test_official_split_members_are_the_train_split(tmp_path):
+    path = _write_official(tmp_path, "breastmnist", sizes=(40, 6, 10))
+    src = open_dataset("medmnist:breastmnist", data_root=tmp_path)
+    opts = _official_options("medmnist:breastmnist[split=official,canary=false]")
+    # the profile's sizes (n_members, pool, public) do not apply
+    s = make_splits(src, image_size=28, n_members=8, pool_size=20, n_public=10, seed=3,
+                    options=opts)
+    z = np.load(path)
+    assert s.manifest["split"] == "official" and s.manifest["official_sizes"] == {
+        "train": 40, "val": 6, "test": 10}
+    assert s.n_public == 0 and s.public is None
+    np.testing.assert_allclose((s.members[:, 0].numpy() + 1) / 2, z["train_images"] / 255.0,
+                               atol=1e-6)
+    holdout = np.concatenate([z["val_images"], z["test_images"]]) / 255.0
+    np.testing.assert_allclose((s.holdout[:, 0].numpy() + 1) / 2, holdout, atol=1e-6)
+    assert s.member_labels.tolist() == z["train_labels"][:, 0].tolist()
+    # the same split from the same file, whatever the seed (no canary)
+    again = make_splits(src, image_size=28, n_members=8, pool_size=20, seed=4, options=opts)
+    assert again.manifest["members"] == s.manifest["members"]
+    # a canary is one of the members, as in the seeded split
+    c = make_splits(src, image_size=28, n_members=8, pool_size=20, seed=3,
+                    options=_official_options("medmnist:breastmnist[split=official]"))
+    assert len(c.members) == 40 and c.canary["source_index"] in c.manifest["members"]
+
+
+def test_official_split_public_and_member_subsets_stay_disjoint(tmp_path):
+    _write_official(tmp_path, "breastmnist", sizes=(40, 6, 10))
+    src = open_dataset("medmnist:breastmnist", data_root=tmp_path)
+    s = make_splits(src, image_size=28, n_members=8, pool_size=20, seed=0, options=_official_options(
+        "medmnist:breastmnist[split=official,members=25,public=5]"))
+    members, holdout, public = (set(s.manifest[k]) for k in ("members", "holdout", "public"))
+    assert len(members) == 25 and members <= set(range(40))  # a subset of the train split
+    assert len(public) == 5 and len(holdout) == 11 and public | holdout == set(range(40, 56))
+    assert not (members & holdout or members & public or holdout & public)
+    assert s.public_hash is not None and s.n_public == 5
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("medmnist:breastmnist[split=official,members=41]", "fewer than members=41"),
+    ("medmnist:breastmnist[split=official,public=15]", "leaves fewer than 2 for the holdout"),
+    ("medmnist:breastmnist[split=official,audit_canaries=4]", "audit_canaries= does not apply"),
+])
+def test_official_split_refusals(tmp_path, spec, message):
+    _write_official(tmp_path, "breastmnist", sizes=(40, 6, 10))
+    with pytest.raises(DataError, match=message):
+        make_splits(open_dataset(spec, data_root=tmp_path), image_size=28, n_members=8,
+                    pool_size=20, seed=0, options=_official_options(spec))
+
+
+def test_official_split_needs_val_and_test(tmp_path):
+    path = _write_official(tmp_path, "breastmnist")
+    arrays = dict(np.load(path))
+    del arrays["val_images"]
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match="has no 'val_images'"):
+        open_dataset("medmnist:breastmnist", data_root=tmp_path).load_official(28)
+
+
+def test_official_split_is_refused_where_there_is_none():
+    with pytest.raises(DataError, match="digits has no official split; drop split=official"):
+        make_splits(open_dataset("digits"), image_size=8, n_members=8, pool_size=64, seed=0,
+                    options=_official_options("digits[split=official]"))
+
+
+def test_official_layout_builder_has_the_official_sizes(tmp_path):
+    import medmnist
+
+    import importlib.util
+    from pathlib import Path
+
+    # by path: an unrelated site-packages module is also called "benchmarks"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "official_layout.py"
+    spec = importlib.util.spec_from_file_location("official_layout", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    write_official_layout = module.write_official_layout
+    path = write_official_layout("breastmnist", tmp_path)
+    z = np.load(path)
+    sizes = medmnist.INFO["breastmnist"]["n_samples"]
+    for split in ("train", "val", "test"):
+        assert z[f"{split}_images"].shape == (sizes[split], 28, 28)
+        assert z[f"{split}_images"].dtype == np.uint8
+        assert z[f"{split}_labels"].shape == (sizes[split], 1)
+    everything = np.concatenate([z[f"{s}_images"] for s in ("train", "val", "test")])
+    assert len(np.unique(everything.reshape(len(everything), -1), axis=0)) == len(everything)
+    s = make_splits(open_dataset("medmnist:breastmnist", data_root=tmp_path), image_size=16,
+                    n_members=128, pool_size=2048, n_public=1000, seed=0,
+                    options=_official_options("medmnist:breastmnist[split=official]"))
+    assert (len(s.members), len(s.holdout), s.n_public) == (546, 234, 0)

@@ -114,6 +114,51 @@ def test_missing_dataset_file_stops_the_run_once_before_any_cell(tmp_path):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.json"))
 
 
+def _medmnist_file(folder, drop=(), **overrides):
+    """breastmnist.npz in the official layout (small), with arrays replaced or dropped."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}_images": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+              for s, n in (("train", 40), ("val", 8), ("test", 8))}
+    arrays.update(overrides)
+    np.savez(folder / "breastmnist.npz", **{k: v for k, v in arrays.items() if k not in drop})
+
+
+@pytest.mark.parametrize("case, dataset, sentence", [
+    ("missing file", "medmnist:breastmnist", "MedMNIST file breastmnist.npz not found (looked in "),
+    ("unknown flag", "medmnist:breastmnst", "Unknown MedMNIST flag 'breastmnst'. Did you mean "
+                                            "'breastmnist'?"),
+    ("wrong layout", "medmnist:breastmnist", "has no 'train_images' (it has: images); expected "
+                                             "the official MedMNIST layout"),
+    ("NaN", "medmnist:breastmnist", "1 image(s) contain NaN or infinite values; remove or fix "
+                                    "them."),
+    ("no val split", "medmnist:breastmnist[split=official]", "has no 'val_images'"),
+])
+def test_unreadable_medmnist_stops_the_run_once_before_any_cell(tmp_path, case, dataset,
+                                                                sentence):
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if case == "wrong layout":
+        np.savez(data / "breastmnist.npz", images=np.zeros((40, 28, 28), np.uint8))
+    elif case == "NaN":
+        bad = np.random.default_rng(0).random((40, 28, 28)).astype(np.float32)
+        bad[3, 5, 5] = np.nan
+        _medmnist_file(data, train_images=bad)
+    elif case == "no val split":
+        _medmnist_file(data, drop=("val_images",))
+    r = _pytest("benchmarks/", "--dataset", dataset, "--data-root", str(data), "--profile",
+                "smoke", "--results", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"),
+                "--benchmark-disable")
+    out = r.stdout + r.stderr
+    assert r.returncode == 4, out
+    assert out.count(sentence) == 1, out
+    assert "Traceback" not in out and "During handling" not in out
+    assert " passed" not in out and " failed" not in out and "test_cell" not in out  # no cell ran
+
+
 def test_list_json_and_table():
     r = _cli("list", "--json")
     assert r.returncode == 0, r.stderr

@@ -59,6 +59,12 @@ class DatasetSource(ABC):
     def fingerprint(self, image_size: int) -> dict[str, Any]:
         """Everything that identifies the data's content (goes into cache keys)."""
 
+    def load_official(self, image_size: int) -> RawData:
+        """Every image of the source's published split, with ``assigned`` = split name ->
+        indices (``train``, ``val``, ``test``); sources without one refuse."""
+        raise DataError(f"Dataset {self.spec} has no official split; drop split=official "
+                        "(the split is then drawn by seed), or use a medmnist:<flag> dataset.")
+
 
 def validate_images(images: Any, origin: str) -> np.ndarray:
     """Check shape, dtype and range; return float32 (N, H, W, C) in [0, 1]."""
@@ -103,10 +109,13 @@ def validate_images(images: Any, origin: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def validate_labels(labels: Any, n_images: int, origin: str) -> np.ndarray:
+def validate_labels(labels: Any, n_images: int, origin: str, *,
+                    multi_label: bool = False) -> np.ndarray:
     """Check class labels (one per image, integer-valued); return int64 of shape (N,).
 
-    A label array of shape (N, 1) (MedMNIST's layout) or (N, k) keeps the first column.
+    A label array of shape (N, 1) (MedMNIST's layout) or (N, k) keeps the first column,
+    unless ``multi_label`` (MedMNIST's ``multi-label`` task, e.g. ChestMNIST's 14
+    findings): then every column is kept, shape (N, k), each a 0/1 indicator.
     """
     arr = np.asarray(labels)
     if arr.ndim == 0 or len(arr) != n_images:
@@ -117,7 +126,11 @@ def validate_labels(labels: Any, n_images: int, origin: str) -> np.ndarray:
     if arr.shape[1] == 0:
         raise DataError(f"{origin}: the labels have shape {tuple(np.shape(labels))}, with no "
                         "value per image; give one label per image or none.")
-    arr = arr[:, 0]
+    if not multi_label:
+        arr = arr[:, 0]
+    elif not np.isin(arr, (0, 1)).all():
+        raise DataError(f"{origin}: multi-label labels must be 0 or 1 in every column; "
+                        "give one 0/1 indicator per finding.")
     if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer):
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() \
@@ -140,17 +153,22 @@ def resize(images: np.ndarray, image_size: int) -> np.ndarray:
     return y.clamp(0, 1).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-_HASH_MEMO: dict[tuple[str, int, float], str] = {}
+_HASH_MEMO: dict[tuple[str, str, int, float], str] = {}
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, memoised on (path, size, mtime)."""
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """A hashlib digest of a file (hex), memoised on (algorithm, path, size, mtime)."""
     st = path.stat()
-    memo_key = (str(path.resolve()), st.st_size, st.st_mtime)
+    memo_key = (algorithm, str(path.resolve()), st.st_size, st.st_mtime)
     if memo_key not in _HASH_MEMO:
-        h = hashlib.sha256()
+        h = hashlib.new(algorithm)
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         _HASH_MEMO[memo_key] = h.hexdigest()
     return _HASH_MEMO[memo_key]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, memoised on (path, size, mtime)."""
+    return file_digest(path, "sha256")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,13 @@ import numpy as np
 from leakbench.data.base import (
     DatasetSource,
     RawData,
+    file_digest,
     file_sha256,
     resize,
     validate_images,
     validate_labels,
 )
-from leakbench.errors import DataError, StorageError
+from leakbench.errors import DataError, DataWarning, StorageError
 from leakbench.paths import readable_file
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -124,12 +127,43 @@ class Npz(PathSource):
         return {"dataset": "npz", "sha256": file_sha256(path), "image_size": image_size}
 
 
+def _import_medmnist():
+    """The medmnist package, without the ``~/.medmnist`` folder its import leaves behind.
+
+    medmnist 3.x creates its download folder when imported (``medmnist.info``), and sets
+    ``DEFAULT_ROOT`` to None where it cannot.  leakbench only reads ``medmnist.INFO`` and
+    never downloads, so a folder this import made (still empty) is removed again.
+    """
+    home_root = Path("~/.medmnist").expanduser()
+    existed = home_root.exists()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Failed to setup default root." (read-only home)
+            import medmnist
+    except ImportError:
+        raise DataError(
+            "The medmnist package is not installed; run `pip install medmnist` "
+            "(it supplies the dataset metadata; the images come from your files)."
+        ) from None
+    if not existed:
+        with contextlib.suppress(OSError):  # not there, or no longer empty: leave it
+            home_root.rmdir()
+    return medmnist
+
+
+MEDMNIST_SPLITS = ("train", "val", "test")
+
+
 class MedMNIST(DatasetSource):
     """Official MedMNIST ``.npz`` files, read locally (never downloaded).
 
     Looked up in ``--data-root``, ``$LEAKBENCH_DATA_ROOT``, then medmnist's default
-    folder.  Metadata (channels, split sizes, URL, MD5) comes from ``medmnist.INFO``.
-    The pool is the official train split.
+    folder.  Metadata (channels, split sizes, task, URL, MD5) comes from ``medmnist.INFO``;
+    the file's MD5 is checked against it (a mismatch warns: a user's own file is allowed)
+    and recorded in the split manifest.  The pool is the official train split; with the
+    dataset param ``split=official`` the members are the official train split and the
+    holdout its val and test splits (:meth:`load_official`).  Multi-label flags
+    (ChestMNIST) keep every label column.
     """
 
     name = "medmnist"
@@ -141,13 +175,7 @@ class MedMNIST(DatasetSource):
         return "medmnist:<flag>, e.g. medmnist:pathmnist"
 
     def _info(self) -> dict[str, Any]:
-        try:
-            import medmnist
-        except ImportError:
-            raise DataError(
-                "The medmnist package is not installed; run `pip install medmnist` "
-                "(it supplies the dataset metadata; the images come from your files)."
-            ) from None
+        medmnist = _import_medmnist()
         flag = self.argument
         if flag not in medmnist.INFO:
             import difflib
@@ -167,12 +195,9 @@ class MedMNIST(DatasetSource):
         env = os.environ.get("LEAKBENCH_DATA_ROOT")
         if env:
             roots.append(Path(env).expanduser())
-        try:
-            from medmnist.info import DEFAULT_ROOT
-
-            roots.append(Path(DEFAULT_ROOT).expanduser())
-        except ImportError:
-            roots.append(Path("~/.medmnist").expanduser())
+        default = getattr(_import_medmnist().info, "DEFAULT_ROOT", None)
+        if default is not None:  # None where medmnist could not make its folder
+            roots.append(Path(default).expanduser())
         return roots
 
     @staticmethod
@@ -195,44 +220,84 @@ class MedMNIST(DatasetSource):
             "md5": info.get(f"MD5{suffix}", info.get("MD5")),
             "n_channels": info["n_channels"],
             "n_samples": info["n_samples"],
+            "task": info.get("task"),
         }
         roots = self._roots()
         for root in roots:
             if (root / fname).exists():
                 return root / fname, meta
+        where = roots[0] if roots else "a folder"
         raise DataError(
-            f"MedMNIST file {fname} not found (looked in {', '.join(str(r) for r in roots)}); "
-            f"download it from {meta['url']} (MD5 {meta['md5']}) and put it in {roots[0]} "
+            f"MedMNIST file {fname} not found (looked in "
+            f"{', '.join(str(r) for r in roots) or 'no folder: give --data-root'}); "
+            f"download it from {meta['url']} (MD5 {meta['md5']}) and put it in {where} "
             "or pass --data-root."
         )
 
-    def load(self, image_size: int) -> RawData:
+    def _md5(self, path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        """The file's MD5 beside the official one (``medmnist.INFO``), for the manifest."""
+        md5 = file_digest(path, "md5")
+        return {"md5": md5, "md5_official": meta["md5"], "md5_matches": md5 == meta["md5"]}
+
+    def _read(self, image_size: int, splits: tuple[str, ...]) -> RawData:
+        """The images and labels of ``splits`` of the official file, concatenated in order."""
         path, meta = self._file(image_size)
         origin = f"medmnist:{self.argument} ({path})"
+        multi_label = meta["task"] == "multi-label, binary-class"
+        images, labels, assigned, start = [], [], {}, 0
         with _open_npz(path, origin) as z:
-            if "train_images" not in z:
-                raise DataError(
-                    f"{origin} has no 'train_images' (it has: {', '.join(z.keys())}); expected the "
-                    "official MedMNIST layout (train_/val_/test_ images and labels)."
-                )
-            images = validate_images(_read_array(z, "train_images", origin), origin)
-            labels = _read_array(z, "train_labels", origin) if "train_labels" in z else None
-        if images.shape[-1] != meta["n_channels"]:
-            raise DataError(
-                f"{origin}: images have {images.shape[-1]} channel(s) but {self.argument} has "
-                f"{meta['n_channels']}; is this the right file?"
-            )
-        if labels is not None:
-            labels = validate_labels(labels, len(images), origin)
-        expected = meta["n_samples"].get("train")
-        info = {**meta, "path": str(path), "official_split_size": expected,
-                "matches_official_size": expected == len(images)}
-        return RawData(resize(images, image_size), labels, info)
+            for split in splits:
+                key = f"{split}_images"
+                if key not in z:
+                    raise DataError(
+                        f"{origin} has no {key!r} (it has: {', '.join(z.keys()) or 'nothing'}); "
+                        "expected the official MedMNIST layout (train_/val_/test_ images and "
+                        "labels).")
+                x = validate_images(_read_array(z, key, origin), f"{origin} {key}")
+                if x.shape[-1] != meta["n_channels"]:
+                    raise DataError(
+                        f"{origin}: images have {x.shape[-1]} channel(s) but {self.argument} has "
+                        f"{meta['n_channels']}; is this the right file?")
+                if images and x.shape[1:] != images[0].shape[1:]:
+                    raise DataError(f"{origin}: {key} are {x.shape[1]}×{x.shape[2]} but "
+                                    f"{splits[0]}_images are {images[0].shape[1]}×"
+                                    f"{images[0].shape[2]}; is this the right file?")
+                y = None
+                if f"{split}_labels" in z:
+                    y = validate_labels(_read_array(z, f"{split}_labels", origin), len(x),
+                                        f"{origin} {split}_labels", multi_label=multi_label)
+                images.append(x)
+                labels.append(y)
+                assigned[split] = np.arange(start, start + len(x))
+                start += len(x)
+        if any(y is None for y in labels) or len({y.shape[1:] for y in labels}) > 1:
+            labels = [None]
+        md5 = self._md5(path, meta)
+        if not md5["md5_matches"]:
+            warnings.warn(DataWarning(
+                f"{origin}: MD5 {md5['md5']} is not the official {md5['md5_official']} "
+                f"({meta['url']}); going on with this file (the manifest records both)."),
+                stacklevel=2)
+        sizes = {s: len(assigned[s]) for s in splits}
+        official = {s: meta["n_samples"].get(s) for s in splits}
+        info = {**meta, **md5, "path": str(path), "splits": sizes,
+                "official_split_sizes": official, "matches_official_size": sizes == official}
+        stacked = images[0] if len(images) == 1 else np.concatenate(images)
+        y_all = None if labels[0] is None else np.concatenate(labels)
+        return RawData(resize(stacked, image_size), y_all, info,
+                       assigned=assigned if len(splits) > 1 else None)
+
+    def load(self, image_size: int) -> RawData:
+        return self._read(image_size, ("train",))
+
+    def load_official(self, image_size: int) -> RawData:
+        return self._read(image_size, MEDMNIST_SPLITS)
 
     def fingerprint(self, image_size: int) -> dict[str, Any]:
         path, meta = self._file(image_size)
         return {"dataset": f"medmnist:{self.argument}", "sha256": file_sha256(path),
-                "native_size": meta["native_size"], "image_size": image_size}
+                **self._md5(path, meta), "native_size": meta["native_size"],
+                "image_size": image_size}
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -11,6 +11,8 @@ Jagielski 2023): each joins the members independently with probability 1/2 by a 
 draw recorded in the manifest; they are never public and never holdout.
 Because ``public`` is cut from the end of the same permutation, it does not change
 when the member count does, so the pretrained checkpoint is shared across member counts.
+With ``split=official`` a source's published split is used instead (MedMNIST: members =
+the official train split, holdout = val + test; see :func:`_official_splits`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,6 +38,9 @@ class SplitOptions:
     members: int | None = None  # member-set size; None: the profile's n_members
     public: int | None = None  # public (pretraining) images; None: the profile's n_public; 0: none
     audit_canaries: int = 0  # one-run audit canaries, each a member with probability 1/2; 0: none
+    # "seeded": members and holdout drawn by seed from the pool; "official": the source's
+    # published split (MedMNIST: members = the train split, holdout = val + test)
+    split: Literal["seeded", "official"] = "seeded"
 
     def __post_init__(self):
         if self.audit_canaries < 0:
@@ -143,6 +148,8 @@ def make_splits(
     its copy with a synthetic anatomical fingerprint; the clean x_p is not trained on.
     """
     options = options or SplitOptions()
+    if options.split == "official":
+        return _official_splits(source, image_size=image_size, seed=seed, options=options)
     m_audit = options.audit_canaries
     if options.members is not None:
         n_members = options.members
@@ -191,6 +198,54 @@ def make_splits(
     if raw.names is not None:
         manifest["files"] = {k: [raw.names[i] for i in manifest[k]]
                              for k in ("members", "holdout", "public")}
+    return _finish_splits(source, raw, manifest, image_size=image_size, seed=seed,
+                          options=options)
+
+
+def _official_splits(source: DatasetSource, *, image_size: int, seed: int,
+                     options: SplitOptions) -> Splits:
+    """The source's published split (``split=official``; MedMNIST's train / val / test).
+
+    Members are the official train split, all of it (or a seeded ``members=N`` of it);
+    the holdout is the val and test splits, which the model never sees.  The profile's
+    member, pool and public sizes do not apply.  ``public`` must be disjoint from both and
+    the file holds nothing else, so by default there is none: the denoiser trains on the
+    members from scratch, as paper 003 trains its score models.  ``public=N`` takes a
+    seeded N images of val + test for pretraining instead, and the holdout is the rest.
+    """
+    if options.audit_canaries:
+        raise DataError(f"Dataset {source.spec} with split=official has every train image as a "
+                        "member, so the param audit_canaries= does not apply; drop one of them.")
+    raw = source.load_official(image_size)
+    train = np.asarray(raw.assigned["train"], np.int64)
+    unseen = np.concatenate([np.asarray(raw.assigned[k], np.int64)
+                             for k in raw.assigned if k != "train"])
+    n_members = len(train) if options.members is None else options.members
+    n_public = options.public or 0
+    if n_members > len(train):
+        raise DataError(f"Dataset {source.spec} has {len(train)} images in its official train "
+                        f"split, fewer than members={n_members}; give members={len(train)} or "
+                        "fewer, or drop members= to use all of them.")
+    if len(unseen) - n_public < 2:
+        raise DataError(f"Dataset {source.spec} has {len(unseen)} val and test images; public="
+                        f"{n_public} leaves fewer than 2 for the holdout; give a smaller public=N.")
+    member_idx = np.sort(np.random.default_rng(seed).permutation(train)[:n_members])
+    order = np.random.default_rng([seed, 0x9AB1]).permutation(unseen)
+    public_idx = np.sort(order[len(order) - n_public:]) if n_public else np.zeros(0, np.int64)
+    holdout_idx = np.sort(order[:len(order) - n_public])
+    manifest = {
+        "version": SPLIT_VERSION,
+        "dataset": source.fingerprint(image_size),
+        "split": "official",
+        "official_sizes": {k: int(len(v)) for k, v in raw.assigned.items()},
+        "seed": int(seed),
+        "image_size": int(image_size),
+        "n_source": int(len(raw.images)),
+        "members": member_idx.tolist(),
+        "holdout": holdout_idx.tolist(),
+        "public": public_idx.tolist(),
+        "canary": None,
+    }
     return _finish_splits(source, raw, manifest, image_size=image_size, seed=seed,
                           options=options)
 

@@ -51,7 +51,8 @@ def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, ste
                          seed: int, batch_size: int = 128, learning_rate: float = 2e-3,
                          progress: bool = False, device: str = "cpu"
                          ) -> tuple[DomainEncoder, dict[str, Any]]:
-    """Fit the encoder: cross-entropy on ``labels`` if given, else reconstruction (MSE).
+    """Fit the encoder: cross-entropy on ``labels`` if given, binary cross-entropy per column
+    on multi-label ones (N, k) (MedMNIST's ChestMNIST), else reconstruction (MSE).
 
     Returns the encoder on the CPU, whatever ``device`` it was trained on.
     """
@@ -63,7 +64,12 @@ def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, ste
     encoder = DomainEncoder(c)
 
     # A linear head: class logits, or the pixels back (a linear-decoder autoencoder).
-    if labels is not None:
+    multi_label = labels is not None and np.ndim(labels) == 2 and np.shape(labels)[1] > 1
+    if multi_label:
+        y = torch.as_tensor(labels, dtype=torch.float32)
+        head = nn.Linear(DOMAIN_FEATURES, y.shape[1])
+        objective = "multi-label classification"
+    elif labels is not None:
         y = torch.as_tensor(labels).reshape(-1)
         head = nn.Linear(DOMAIN_FEATURES, int(y.max()) + 1)
         objective = "classification"
@@ -79,7 +85,9 @@ def train_domain_encoder(images: torch.Tensor, labels: np.ndarray | None, *, ste
     for _ in tqdm(range(steps), disable=not progress, desc="training domain encoder", leave=False):
         idx = torch.randint(n, (min(batch_size, n),), generator=g).to(device)
         out = head(encoder(images[idx]))
-        if y is not None:
+        if multi_label:
+            loss = nn.functional.binary_cross_entropy_with_logits(out, y[idx])
+        elif y is not None:
             loss = nn.functional.cross_entropy(out, y[idx])
         else:
             loss = nn.functional.mse_loss(out, images[idx].reshape(len(idx), -1))
