@@ -356,3 +356,24 @@ def test_official_layout_builder_has_the_official_sizes(tmp_path):
                     n_members=128, pool_size=2048, n_public=1000, seed=0,
                     options=_official_options("medmnist:breastmnist[split=official]"))
     assert (len(s.members), len(s.holdout), s.n_public) == (546, 234, 0)
+
+
+def test_findings_record_the_data_md5(tmp_path, smoke_harness):
+    """Every stored finding names the data it was measured on, MD5 beside the official one."""
+    import hashlib
+    import json
+
+    import medmnist
+
+    from leakbench.errors import DataWarning
+
+    path = _write_official(tmp_path, "breastmnist", sizes=(40, 20, 20))
+    h = smoke_harness
+    h.data_root = tmp_path
+    with pytest.warns(DataWarning, match="is not the official"):
+        h.run_cell("medmnist:breastmnist[split=official]", "ddim", "replication")
+    (finding,) = [f for f in h.store.findings() if f["attack"] == "replication"]
+    data = json.loads(finding["info"])["data"]
+    assert data["md5"] == hashlib.md5(path.read_bytes()).hexdigest()
+    assert data["md5_official"] == medmnist.INFO["breastmnist"]["MD5"]
+    assert data["md5_matches"] is False
