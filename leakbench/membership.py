@@ -9,6 +9,7 @@ the same for every attack (``membership_metrics``) and come from ``leakbench.sta
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,9 +175,7 @@ def membership_metrics(
             missing[name] = reason
             continue
 
-        def stat(a, b, fpr=fpr):
-            return tpr_at_fpr(a, b, fpr)
-
+        stat = functools.partial(tpr_at_fpr, fpr=fpr)  # takes ``axis``: bootstrapped in one call
         metrics.append(Metric(name, stat(pos, neg),
                               *bootstrap_ci(stat, pos, neg, n_bootstrap=n_bootstrap, seed=seed),
                               n=n, direction="lower", bounds=(0.0, 1.0),

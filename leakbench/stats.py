@@ -8,6 +8,7 @@ here only what none of them ships: Jagielski et al.'s ε bound and Steinke et al
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -85,19 +86,52 @@ def roc_curve(member_scores: np.ndarray, nonmember_scores: np.ndarray
     return np.nan_to_num(fpr), np.nan_to_num(tpr), thresholds
 
 
-def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
+def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray, *,
+            axis: int | None = None) -> float | np.ndarray:
     """Area under the ROC curve, P(member score > non-member score) + ½ P(tie)
-    (scikit-learn ``roc_auc_score``); 0.5 when a group is empty."""
+    (scikit-learn ``roc_auc_score``); 0.5 when a group is empty.
+
+    With ``axis``, one AUC per slice along that axis at once, as scipy's ``bootstrap``
+    asks of a vectorized statistic: U/(n₁n₀) of scipy's ``mannwhitneyu`` (the same number;
+    scikit-learn has no batched form, and its per-call input checks made the bootstrap
+    about 30× slower than one batched call).
+    """
+    if axis is not None:
+        pos, neg = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
+        n_pos, n_neg = pos.shape[axis], neg.shape[axis]
+        if n_pos == 0 or n_neg == 0:
+            return np.full(np.delete(pos.shape, axis), 0.5)
+        u = _st.mannwhitneyu(pos, neg, axis=axis, method="asymptotic").statistic
+        return u / (n_pos * n_neg)
     labels, scores = _labelled(member_scores, nonmember_scores)
     if labels.all() or not labels.any():
         return 0.5
     return float(_skm.roc_auc_score(labels, scores))
 
 
-def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float) -> float:
-    """The largest TPR over ROC points with FPR <= ``fpr``; 0 where only (0, 0) qualifies."""
-    f, t, _ = roc_curve(member_scores, nonmember_scores)
-    return float(t[f <= fpr + 1e-12].max())
+def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float, *,
+               axis: int | None = None) -> float | np.ndarray:
+    """The largest TPR over ROC points with FPR <= ``fpr``; 0 where only (0, 0) qualifies.
+
+    With ``axis``, one TPR per slice along that axis (scipy ``bootstrap``'s vectorized
+    statistic).  Written out for that case, since no library ships a batched ROC: allowing
+    k = ⌊fpr·n₀⌋ false positives, the best ROC point keeps every score above the
+    (k+1)-th largest non-member score v, so TPR = #{member scores > v}/n₁ (1 when k ≥ n₀).
+    """
+    if axis is None:
+        f, t, _ = roc_curve(member_scores, nonmember_scores)
+        return float(t[f <= fpr + 1e-12].max())
+    pos = np.moveaxis(np.asarray(member_scores, np.float64), axis, -1)
+    neg = np.moveaxis(np.asarray(nonmember_scores, np.float64), axis, -1)
+    n_pos, n_neg = pos.shape[-1], neg.shape[-1]
+    if n_pos == 0:
+        return np.zeros(pos.shape[:-1])
+    # The most false positives an ROC point may have: k/n₀ <= fpr (+ the scalar path's 1e-12).
+    k = int(np.count_nonzero(np.arange(1, n_neg + 1) / n_neg <= fpr + 1e-12))
+    if k >= n_neg:
+        return np.ones(np.broadcast_shapes(pos.shape[:-1], neg.shape[:-1]))
+    v = -np.partition(-neg, k, axis=-1)[..., k]  # the (k+1)-th largest non-member score
+    return (pos > v[..., None]).sum(axis=-1) / n_pos
 
 
 def bootstrap_ci(
@@ -110,24 +144,32 @@ def bootstrap_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic(members, non-members)``, resampling each group
-    independently (scipy ``bootstrap``, ``method="percentile"``, unpaired).
+    independently (scipy ``bootstrap``, ``method="percentile"``, unpaired, seeded by ``seed``).
 
-    A group of one score resamples to itself, so only the other group is resampled; with one
-    score in each (or none) the CI is the point value.
+    A statistic that takes an ``axis`` keyword (``roc_auc``, ``functools.partial(tpr_at_fpr,
+    fpr=...)``) is evaluated on all resamples in one call, as scipy does for such statistics;
+    any other is called once per resample.  Both draw the same resamples, so both give the
+    same CI.  A group of one score resamples to itself, so only the other group is resampled;
+    with one score in each (or none) the CI is the point value.
     """
     pos = np.asarray(member_scores, dtype=np.float64).ravel()
     neg = np.asarray(nonmember_scores, dtype=np.float64).ravel()
     if min(pos.size, neg.size) == 0 or max(pos.size, neg.size) < 2 or n_bootstrap < 1:
         v = float(statistic(pos, neg))
         return v, v
-    if pos.size == 1:
-        data, stat = (neg,), (lambda b: statistic(pos, b))
-    elif neg.size == 1:
-        data, stat = (pos,), (lambda a: statistic(a, neg))
-    else:
+    if min(pos.size, neg.size) > 1:
         data, stat = (pos, neg), statistic
+    else:  # fix the group of one, resample the other
+        one_member = pos.size == 1
+        data = (neg,) if one_member else (pos,)
+        if "axis" in inspect.signature(statistic).parameters:  # stays vectorized
+            def stat(x, axis):
+                return statistic(pos, x, axis=axis) if one_member else statistic(x, neg, axis=axis)
+        else:
+            def stat(x):
+                return statistic(pos, x) if one_member else statistic(x, neg)
     res = _st.bootstrap(data, stat, n_resamples=n_bootstrap, confidence_level=confidence,
-                        method="percentile", vectorized=False, paired=False,
+                        method="percentile", paired=False,
                         random_state=np.random.default_rng([int(seed), 0xB007]))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
