@@ -168,8 +168,11 @@ def bootstrap_ci(
         else:
             def stat(x):
                 return statistic(pos, x) if one_member else statistic(x, neg)
-    res = _st.bootstrap(data, stat, n_resamples=n_bootstrap, confidence_level=confidence,
-                        method="percentile", paired=False,
+    # Resamples in batches of at most ~2²⁴ scores (128 MiB); one batch at the suite's sizes.
+    batch = None if n_bootstrap * (pos.size + neg.size) <= 2**24 else \
+        max(1, 2**24 // (pos.size + neg.size))
+    res = _st.bootstrap(data, stat, n_resamples=n_bootstrap, batch=batch,
+                        confidence_level=confidence, method="percentile", paired=False,
                         random_state=np.random.default_rng([int(seed), 0xB007]))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
