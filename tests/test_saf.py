@@ -192,3 +192,25 @@ def test_classifier_cache_key_covers_the_code_that_trains_them(smoke_ctx, monkey
     assert key() == before
     monkeypatch.setattr(saf, "fp", torch.nn.functional)  # an edited fingerprint module
     assert key() not in (before, after_training_edit)
+
+
+def test_canary_is_the_same_member_across_member_counts():
+    from leakbench.data.sources import open_dataset
+    from leakbench.data.splits import make_splits
+
+    source = open_dataset("digits")
+    seen = []
+    for n in (64, 128, 256, 512):
+        s = make_splits(source, image_size=16, n_members=n, pool_size=2 * n, seed=0, n_public=300)
+        c = s.canary
+        x_p = s.extras["canary_clean"]
+        # x_SAF sits among these members, and x_p (its clean original) never does.
+        assert torch.equal(s.members[c["member_position"]][:, ~torch.from_numpy(
+            circle_mask(16, tuple(c["center"]), c["radius"]))], x_p[:, ~torch.from_numpy(
+                circle_mask(16, tuple(c["center"]), c["radius"]))])
+        seen.append((c["source_index"], tuple(c["center"]), x_p))
+    assert len({(i, ctr) for i, ctr, _ in seen}) == 1
+    assert all(torch.equal(seen[0][2], x) for _, _, x in seen[1:])
+    # Another seed picks another canary (the choice is seeded, not fixed).
+    other = make_splits(source, image_size=16, n_members=64, pool_size=128, seed=1, n_public=300)
+    assert other.canary["source_index"] != seen[0][0]

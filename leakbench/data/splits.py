@@ -71,14 +71,21 @@ def insert_fingerprint(image: np.ndarray, center: tuple[int, int], radius: int,
     return out
 
 
-def place_canary(rng: np.random.Generator, image_size: int, n_members: int) -> dict[str, Any]:
-    """Pick the fingerprinted member and a circle that lies entirely inside the image."""
+def place_canary(rng: np.random.Generator, image_size: int, member_idx: np.ndarray,
+                 rank: np.ndarray) -> dict[str, Any]:
+    """Pick the fingerprinted member and a circle that lies entirely inside the image.
+
+    x_p is the member that comes first in ``rank`` (source indices in a seeded order), so
+    the same seed picks the same x_p whenever it is among the members: a size sweep keeps
+    one canary image instead of mixing image difficulty into the size effect.
+    """
     r = canary_radius(image_size)
     if 2 * r + 1 > image_size:
         raise DataError(f"Images of {image_size} px are too small for a fingerprint of radius {r}.")
     cy, cx = (int(v) for v in rng.integers(r, image_size - r, size=2))
-    return {"member_position": int(rng.integers(n_members)), "center": [cy, cx], "radius": r,
-            "grey": 0.5}
+    first = np.flatnonzero(np.isin(rank, member_idx))[0]
+    position = int(np.flatnonzero(member_idx == rank[first])[0])
+    return {"member_position": position, "center": [cy, cx], "radius": r, "grey": 0.5}
 
 
 @dataclass
@@ -198,8 +205,9 @@ def make_splits(
     if raw.names is not None:
         manifest["files"] = {k: [raw.names[i] for i in manifest[k]]
                              for k in ("members", "holdout", "public")}
+    # The canary is the permutation's first image: a member at every member count.
     return _finish_splits(source, raw, manifest, image_size=image_size, seed=seed,
-                          options=options)
+                          options=options, rank=order)
 
 
 def _official_splits(source: DatasetSource, *, image_size: int, seed: int,
@@ -289,8 +297,12 @@ def _given_splits(source: DatasetSource, raw, *, image_size: int, seed: int,
 
 
 def _finish_splits(source: DatasetSource, raw, manifest: dict[str, Any], *, image_size: int,
-                   seed: int, options: SplitOptions) -> Splits:
-    """Insert the canary (if asked), hash the manifest and cut the image tensors."""
+                   seed: int, options: SplitOptions, rank: np.ndarray | None = None) -> Splits:
+    """Insert the canary (if asked), hash the manifest and cut the image tensors.
+
+    ``rank`` orders the source indices for the canary's choice (default: a permutation
+    seeded by ``seed``); the first member in it becomes x_p.
+    """
     import torch
 
     member_idx = np.asarray(manifest["members"], np.int64)
@@ -308,7 +320,10 @@ def _finish_splits(source: DatasetSource, raw, manifest: dict[str, Any], *, imag
     images = raw.images
     extras: dict[str, Any] = {"source_info": raw.info}
     if options.canary:
-        canary = place_canary(np.random.default_rng([seed, 0xCA4A]), image_size, n_members)
+        if rank is None:
+            rank = np.random.default_rng([seed, 0xCA4B]).permutation(len(raw.images))
+        ordinary = member_idx[:n_members]  # never an audit canary
+        canary = place_canary(np.random.default_rng([seed, 0xCA4A]), image_size, ordinary, rank)
         canary["source_index"] = int(member_idx[canary["member_position"]])
         manifest["canary"] = canary
         clean = raw.images[canary["source_index"]]
