@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from leakbench.stats import clopper_pearson
+
 RESNET_DEPTHS = (18, 34, 50)
 
 
@@ -174,22 +176,34 @@ def positive_prob(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 
 
 @dataclass(frozen=True)
 class Validation:
-    """A classifier's validation accuracy and false-positive rate (negatives called positive)."""
+    """A classifier's true- and false-positive rates, each with its Clopper–Pearson 95 % CI.
 
-    accuracy: float
+    Accuracy is kept as a figure only: with few positives it hides misses (10 % positives,
+    half of them missed, is still 95 % accurate), so gates read the two rates.
+    """
+
+    tpr: float
+    tpr_ci: tuple[float, float]
     fpr: float
-    n: int
+    fpr_ci: tuple[float, float]
+    accuracy: float
+    n_positive: int
     n_negative: int
 
 
 def validate(fires: np.ndarray, labels: np.ndarray) -> Validation:
-    """Accuracy and false-positive rate of boolean decisions against 0/1 labels."""
+    """True- and false-positive rates (with CIs) and accuracy of decisions against 0/1 labels.
+
+    A rate without trials is 0 with the uninformative interval [0, 1].
+    """
     fires = np.asarray(fires, dtype=bool)
     labels = np.asarray(labels, dtype=bool)
-    neg = ~labels
-    return Validation(accuracy=float((fires == labels).mean()),
-                      fpr=float(fires[neg].mean()) if neg.any() else 0.0,
-                      n=int(labels.size), n_negative=int(neg.sum()))
+    tp, n_pos = int(fires[labels].sum()), int(labels.sum())
+    fp_, n_neg = int(fires[~labels].sum()), int((~labels).sum())
+    return Validation(tpr=tp / n_pos if n_pos else 0.0, tpr_ci=clopper_pearson(tp, n_pos),
+                      fpr=fp_ / n_neg if n_neg else 0.0, fpr_ci=clopper_pearson(fp_, n_neg),
+                      accuracy=float((fires == labels).mean()) if labels.size else 0.0,
+                      n_positive=n_pos, n_negative=n_neg)
 
 
 def upper_darboux(t: np.ndarray, p: np.ndarray) -> float:

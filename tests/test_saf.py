@@ -128,17 +128,28 @@ def test_saf_end_to_end_on_medmnist(tmp_path, flag, channels):
     _fake_medmnist(tmp_path, flag, channels)
     h = Harness.create(profile="smoke", cache_dir=tmp_path / "cache", results=tmp_path / "res",
                        data_root=tmp_path, progress=False)
-    # A bar of 0 makes the smoke classifiers report the full set of metrics.
-    f = h.run_cell(f"medmnist:{flag}", "ddim", "saf[accuracy_bar=0.0,reverse_draws=4]")
+    # With the gate off the smoke classifiers report the full set of metrics.
+    f = h.run_cell(f"medmnist:{flag}", "ddim", "saf[min_tpr=0.0,max_fpr=1.0,reverse_draws=4]")
     assert h.context(f"medmnist:{flag}").splits.channels == channels
-    for name in ("detector_val_acc", "detector_fpr", "id_val_acc", "id_fpr"):
-        assert 0.0 <= f.value(name) <= 1.0
+    for name in ("detector_tpr", "detector_fpr", "identity_tpr", "identity_fpr",
+                 "x_saf_copies_tpr"):
+        m = f[name]
+        assert 0.0 <= m.ci_low <= m.value <= m.ci_high <= 1.0
     n = f["p_reproduce"].n
+    assert n == max(32, 5 * 32)  # smoke's n_samples against the power rule N ≥ 5·|D|
     assert f.value("p_reproduce") == f.info["k"] / n
     assert f.value("ratio_to_memorization") == pytest.approx(f.value("p_reproduce") * 32)
+    assert f.value("binom_p_floor") == pytest.approx((1 - 1 / 32) ** n)
+    assert f.value("binom_p") >= f.value("binom_p_floor") - 1e-12
     assert 0.0 <= f.value("rho") <= 1.0 and 0.0 <= f.value("binom_p") <= 1.0
     assert f.arrays["saf_t"].shape == f.arrays["saf_p"].shape
     assert f.arrays["saf_t"][0] == 0 and f.arrays["saf_t"][-1] == 99
+    # Every detection is checked: one nearest member and distance each, the misses counted.
+    nearest = f.arrays["detected_nearest_member"]
+    assert len(nearest) == len(f.arrays["detected_saf_distance"]) == f.info["k"]
+    position = f.info["canary"]["member_position"]
+    assert f.value("generated_false_positives") == int((nearest != position).sum())
+    assert "η = 1" in f["rho"].description and "rejection" in f["rho"].description
 
 
 @pytest.mark.parametrize("flag,channels", [("pathmnist", 3), ("pneumoniamnist", 1)])
@@ -173,7 +184,7 @@ def test_classifier_cache_key_covers_the_code_that_trains_them(smoke_ctx, monkey
     from leakbench.registry import ATTACKS
 
     attack = resolve_plugin(ATTACKS, "saf")
-    sizes = saf.resolved_sizes(attack.params, smoke_ctx.profile)
+    sizes = saf.resolved_sizes(attack.params, smoke_ctx.profile, len(smoke_ctx.splits.members))
 
     def key():
         return content_key("saf-classifiers",
@@ -214,3 +225,94 @@ def test_canary_is_the_same_member_across_member_counts():
     # Another seed picks another canary (the choice is seeded, not fixed).
     other = make_splits(source, image_size=16, n_members=64, pool_size=128, seed=1, n_public=300)
     assert other.canary["source_index"] != seen[0][0]
+
+
+def _rates(tp: int, n_pos: int, fp_: int, n_neg: int) -> dict:
+    fires = np.r_[np.ones(tp), np.zeros(n_pos - tp), np.ones(fp_), np.zeros(n_neg - fp_)]
+    return vars(fp.validate(fires, np.r_[np.ones(n_pos), np.zeros(n_neg)]))
+
+
+def test_tpr_gate_rejects_a_detector_that_misses_half_the_positives_at_95_accuracy():
+    from audits.saf import gate_failures
+
+    # 10 % positives, half of them missed, no false alarm: 95 % accurate.
+    half = _rates(50, 100, 0, 900)
+    assert half["accuracy"] == pytest.approx(0.95) and half["fpr"] == 0.0
+    good = _rates(500, 500, 0, 500)
+    figures = {"detector": half, "identity": good, "x_saf_copies": _rates(128, 128, 0, 0),
+               "fires_on_x_saf": True}
+    failed = gate_failures(figures, SAFParams())
+    assert [m for m, _ in failed] == ["detector_tpr"]
+    assert "C_SAF: true-positive rate 0.500" in failed[0][1]
+
+    # A flawless detector passes; an FPR whose upper bound exceeds the bar fails by name.
+    passing = {**figures, "detector": good}
+    assert gate_failures(passing, SAFParams()) == []
+    noisy = _rates(500, 500, 20, 500)  # FPR 0.04, upper bound ≈ 0.061 > 0.05
+    assert [m for m, _ in gate_failures({**passing, "identity": noisy}, SAFParams())] == [
+        "identity_fpr"]
+    # Both must fire on x_SAF itself and on its augmented copies.
+    assert [m for m, _ in gate_failures({**passing, "fires_on_x_saf": False},
+                                        SAFParams())] == ["x_saf_copies_tpr"]
+    assert [m for m, _ in gate_failures({**passing, "x_saf_copies": _rates(100, 128, 0, 0)},
+                                        SAFParams())] == ["x_saf_copies_tpr"]
+    # A perfect record on too few trials is not enough: the lower bound decides.
+    assert [m for m, _ in gate_failures({**passing, "detector": _rates(10, 10, 0, 500)},
+                                        SAFParams())] == ["detector_tpr"]
+
+
+def test_below_the_gate_the_finding_claims_no_probability_and_names_the_rate(smoke_harness):
+    # Smoke classifiers (10 steps) cannot clear a TPR bar of 1.
+    f = smoke_harness.run_cell("digits", "ddim", "saf[min_tpr=1.0]")
+    names = [m.name for m in f.metrics]
+    assert "p_reproduce" not in names and "rho" not in names
+    assert f.headline in ("detector_tpr", "identity_tpr", "x_saf_copies_tpr")
+    assert "true-positive rate" in f.info["below_gate"] or "x_SAF" in f.info["below_gate"]
+
+
+def test_sample_count_follows_the_power_rule():
+    from audits.saf import resolved_sizes
+    from leakbench.config import get_profile
+
+    profile = get_profile("default")
+    for d in (64, 128, 256, 512):
+        n = resolved_sizes(SAFParams(), profile, d)["n_samples"]
+        assert n >= 5 * d and n >= profile.n_samples
+        assert (1 - 1 / d) ** n < 0.01  # K = 0 would reject H0 p = 1/|D| at 1 %
+    assert resolved_sizes(SAFParams(n_samples=100), profile, 512)["n_samples"] == 100
+
+
+def test_nearest_members_finds_x_saf_for_a_noisy_copy_and_another_member_otherwise():
+    from audits.saf import nearest_members
+
+    gen = torch.Generator().manual_seed(0)
+    members = torch.rand(20, 1, 8, 8, generator=gen) * 2 - 1
+    x_saf = members[7]
+    detected = torch.stack([x_saf + 0.01 * torch.randn(1, 8, 8, generator=gen), members[3]])
+    nearest, dist, to_saf = nearest_members(detected, members, x_saf)
+    assert nearest.tolist() == [7, 3]
+    assert dist[1] == pytest.approx(0.0, abs=1e-9)
+    assert to_saf[1] == pytest.approx(float((members[3] - x_saf).norm()))
+    assert dist[0] == pytest.approx(to_saf[0]) and to_saf[0] < 0.2
+    empty = nearest_members(members[:0], members, x_saf)
+    assert all(len(a) == 0 for a in empty)
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_rho_reverses_with_the_requested_eta_through_the_one_sampler(smoke_harness, monkeypatch,
+                                                                     eta):
+    import audits.saf as saf
+
+    seen = []
+    real = saf.ddim_sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["eta"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saf, "ddim_sample", spy)
+    f = smoke_harness.run_cell("digits", "ddim",
+                               f"saf[min_tpr=0.0,max_fpr=1.0,reverse_draws=2,eta={eta}]")
+    assert seen and set(seen) == {eta}
+    assert f"η = {eta:g}" in f.info["reverse"]
+    assert ("ancestral" in f.info["reverse"]) == (eta == 1.0)
