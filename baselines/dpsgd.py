@@ -162,8 +162,10 @@ class DPDM(DPSGD):
     t ≥ T/2 (uniform: 50 %), most between t = 400 and 800.
 
     K: DPDM used K = 32 on MNIST and K = 8 on CIFAR-10 (the run paper 001 compares
-    against).  A DP-SGD step costs about K times a K = 1 step here, so the default K = 4
-    keeps the default profile's fine-tune within CPU minutes; ``noise_draws`` sets any K.
+    against).  A step costs about K times a K = 1 step (default profile, one thread:
+    3.25 CPU s at K = 4 against 0.77), so K = 32 would make the default profile's
+    1,000-step fine-tune ≈ 7 CPU hours; the default K = 4 (≈ 54 CPU minutes, against
+    ``dpsgd``'s 13) is the largest power of two within an hour.  ``noise_draws`` sets any K.
     Everything else (public pretraining, the profile's steps, batch and learning rate,
     clipping, accounting, DDIM-50 sampling) is ``dpsgd``'s.
     """
