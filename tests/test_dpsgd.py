@@ -101,15 +101,21 @@ def test_every_clipped_per_sample_gradient_is_at_most_max_grad_norm(schedule, no
     assert min(norms) >= C * (1 - 1e-3)
 
 
+def _private_stats(schedule, *, n_images: int, steps: int) -> dict:
+    """Training statistics of a small DP-SGD run at (ε, δ) = (4, 1e-5), batch 8, C = 1."""
+    torch.manual_seed(0)
+    _, stats = train_private_denoiser(
+        UNet(1, (8, 16)), _images(n_images), schedule=schedule, steps=steps, batch_size=8,
+        learning_rate=1e-3, ema_decay=0.9, seed=0, target_epsilon=4.0, target_delta=1e-5,
+        max_grad_norm=1.0, progress=False)
+    return stats
+
+
 def test_epsilon_matches_an_independent_accountant(schedule):
     from opacus.accountants import RDPAccountant
     from opacus.accountants.utils import get_noise_multiplier
 
-    torch.manual_seed(0)
-    _, stats = train_private_denoiser(
-        UNet(1, (8, 16)), _images(32), schedule=schedule, steps=12, batch_size=8,
-        learning_rate=1e-3, ema_decay=0.9, seed=0, target_epsilon=4.0, target_delta=1e-5,
-        max_grad_norm=1.0, progress=False)
+    stats = _private_stats(schedule, n_images=32, steps=12)
     assert stats["sample_rate"] == 8 / 32
     assert stats["accounted_steps"] == 12
     assert stats["accountant"] == "rdp"
@@ -133,11 +139,7 @@ def test_sample_rate_is_batch_over_members_when_the_batch_does_not_divide_them(s
 
     assert poisson_sample_rate(264, 64) == 64 / 264  # the one-run audit's members (0.2 before)
     assert poisson_sample_rate(128, 64) == 0.5 and poisson_sample_rate(8, 64) == 1.0
-    torch.manual_seed(0)
-    _, stats = train_private_denoiser(
-        UNet(1, (8, 16)), _images(33), schedule=schedule, steps=5, batch_size=8,
-        learning_rate=1e-3, ema_decay=0.9, seed=0, target_epsilon=4.0, target_delta=1e-5,
-        max_grad_norm=1.0, progress=False)
+    stats = _private_stats(schedule, n_images=33, steps=5)
     assert stats["sample_rate"] == 8 / 33
     sigma = get_noise_multiplier(target_epsilon=4.0, target_delta=1e-5, sample_rate=8 / 33,
                                  steps=5, accountant="rdp")
