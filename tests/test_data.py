@@ -151,8 +151,10 @@ def test_medmnist_md5_mismatch_warns_and_is_recorded(tmp_path):
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
     official = medmnist.INFO["breastmnist"]["MD5"]
     src = open_dataset("medmnist:breastmnist", data_root=tmp_path)
-    with pytest.warns(DataWarning, match=f"MD5 {md5} is not the official {official}"):
+    with pytest.warns(DataWarning, match=f"MD5 {md5} is not the official {official}") as caught:
         splits = make_splits(src, image_size=28, n_members=8, pool_size=30, seed=0)
+    # The warning points at the data file, not at a line of the loader's source.
+    assert [(w.filename, w.lineno) for w in caught] == [(str(path), 0)]
     recorded = splits.manifest["dataset"]
     assert recorded["md5"] == md5 and recorded["md5_official"] == official
     assert recorded["md5_matches"] is False
@@ -332,10 +334,10 @@ def test_official_split_is_refused_where_there_is_none():
 
 
 def test_official_layout_builder_has_the_official_sizes(tmp_path):
-    import medmnist
-
     import importlib.util
     from pathlib import Path
+
+    import medmnist
 
     # by path: an unrelated site-packages module is also called "benchmarks"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "official_layout.py"
