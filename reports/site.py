@@ -230,15 +230,19 @@ def _paper_rows(rows: list[Row], df) -> list[dict[str, Any]]:
     """Paper-reported numbers beside the measured number at the paper's setting.
 
     An entry is matched to a row of its defense whose stored params equal the entry's
-    ``params`` (α, s, ε, ...); where none was run, the entry says which spec runs it
-    instead of showing another setting's number.
+    ``params`` (α, s, ε, ...) and, where the entry names a ``dataset_spec`` (paper 003's
+    per-MedMNIST numbers), whose dataset is that one; where none was run, the entry says
+    which command runs it instead of showing another setting's number.
     """
     out = []
     for entry in load_paper_reference():
         setting = entry.get("params", {})
+        dataset = entry.get("dataset_spec")
         measured = []
         for r in rows:
             if r.defense.split("[")[0] != entry["defense"] or not setting_matches(r.params, setting):
+                continue
+            if dataset and r.dataset.split("[")[0] != dataset.split("[")[0]:
                 continue
             sel = df[(df["dataset"] == r.dataset) & (df["defense"] == r.defense)
                      & (df["profile"] == r.profile) & (df["attack"] == entry["attack"])
@@ -251,6 +255,8 @@ def _paper_rows(rows: list[Row], df) -> list[dict[str, Any]]:
         spec, why = (None, "") if measured else setting_spec(entry["defense"], setting)
         command = (f"pytest benchmarks/ --defense {shlex.quote(spec)} --attack "
                    f"{shlex.quote(entry['attack'])}" if spec else None)
+        if command and dataset:
+            command += f" --dataset {shlex.quote(dataset)} --data-root DIR"
         out.append({**entry, "measured": measured, "run_spec": spec, "run_command": command,
                     "unrunnable": why})
     return out

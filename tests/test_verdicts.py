@@ -147,6 +147,24 @@ def test_paper_entry_is_matched_on_its_setting_only(tmp_path):
     assert [(m["defense"], m["value"]) for m in cifar["measured"]] == [("cpsample[alpha=0.001]", 31.0)]
 
 
+def test_paper_003_entries_are_shown_only_beside_their_own_medmnist_dataset(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    run = store.start_run(profile="smoke", seed=0, command="constructed")
+    for dataset, value in [("digits", 0.003), ("medmnist:breastmnist[split=official]", 0.0011)]:
+        store.record(run, dataset=dataset, defense="ddim", defense_params={}, attack="saf",
+                     attack_params={}, finding=Finding([Metric("p_reproduce", value, n=1000)],
+                                                       info={"reference_defense": "ddim"}))
+    paper = [p for p in _paper_rows(_rows(store), leaderboard_frame(store.rows()))
+             if p["attack"] == "saf" and p["metric"] == "p_reproduce"]
+    breast = next(p for p in paper if p["dataset"].startswith("BreastMNIST"))
+    assert [(m["dataset"], m["value"]) for m in breast["measured"]] == [
+        ("medmnist:breastmnist[split=official]", 0.0011)]
+    blood = next(p for p in paper if p["dataset"].startswith("BloodMNIST"))
+    assert blood["measured"] == []  # the digits row is not BloodMNIST's
+    assert "--dataset 'medmnist:bloodmnist[split=official]'" in blood["run_command"]
+    assert all(m["dataset"] != "digits" for p in paper for m in p["measured"])
+
+
 def test_setting_matches_compares_numbers_as_numbers():
     assert setting_matches({"alpha": 0.001, "scale": 1.0}, {"alpha": 0.001, "scale": 1})
     assert not setting_matches({"alpha": 0.25, "scale": 1.0}, {"alpha": 0.001})
