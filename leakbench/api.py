@@ -219,7 +219,9 @@ class Defense(Plugin):
         out = []
         if "pretrain_seconds" in target.info:
             out.append(Metric("pretrain_seconds", target.info["pretrain_seconds"],
-                              description="pretraining on the public split (shared, cached)"))
+                              description="pretraining on the public split (shared, cached; the "
+                                          "bundled default's checkpoint ships with leakbench: "
+                                          "this is what training it cost)"))
         if "train_seconds" in target.info:
             out.append(Metric("train_seconds", target.info["train_seconds"], direction=None,
                               description="training on the members (the fine-tune when "

@@ -7,7 +7,8 @@ Runs the job twice in a subprocess: with an empty cache (cold: trains the denois
 the classifiers, draws samples, runs every attack) and again on the same cache (warm:
 every artifact and finding is a cache hit; the leaderboard and the HTML report are
 rebuilt).  Targets on the 2-core reference machine, default profile: cold ≤ 10 min
-(public pretraining included, issue #12), warm ≤ 45 s.
+(public pretraining included, issue #12; for the bundled default its checkpoint ships
+with leakbench, so a cold run copies it), warm ≤ 45 s.
 """
 
 from __future__ import annotations
